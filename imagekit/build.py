@@ -1,0 +1,176 @@
+"""Build stage: render the plan, pack a minimal build context, build through
+the engine, and turn the engine's stream into events. Records each build
+(image ID, spec digest, log) under the project's state dir."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import tarfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import fetch
+from .config import Project
+from .engine import Engine
+from .errors import BuildError, Interrupted
+from .events import Built, Cached, Event, Info, Log, Step
+from .render import render
+from .spec import Plan
+
+STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+IGNORED_NAMES = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache", ".DS_Store"}
+TAIL_LINES = 15
+
+
+def context_tar(dockerfile: str, code_dir: Path | None) -> io.BytesIO:
+    """A deterministic tar of exactly what the Dockerfile uses: the Dockerfile
+    and the spec's code dir (as code/). Sorted names, zero times and owners."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def add_bytes(name: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+
+        add_bytes("Dockerfile", dockerfile.encode())
+        if code_dir is not None:
+            for path in sorted(_walk(code_dir)):
+                rel = path.relative_to(code_dir).as_posix()
+                name = f"code/{rel}"
+                if path.is_dir():
+                    info = tarfile.TarInfo(name)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+                    tar.addfile(info)
+                else:
+                    mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+                    add_bytes(name, path.read_bytes(), mode)
+    buf.seek(0)
+    return buf
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for p in root.iterdir():
+        if p.name in IGNORED_NAMES or p.suffix in (".pyc", ".pyo"):
+            continue
+        yield p
+        if p.is_dir() and not p.is_symlink():
+            yield from _walk(p)
+
+
+def build(plan: Plan, project: Project, engine: Engine) -> Iterator[Event]:
+    """Build one image (its parent must exist already). Yields events; the
+    last one is Built. Raises BuildError with the failing step and log tail."""
+    name = plan.name
+    dockerfile = render(plan, project)
+    ctx = context_tar(dockerfile, plan.spec.code_dir)
+    refs = [plan.spec.image_ref(t) for t in plan.spec.model.tags]
+    logs_dir = project.state_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = logs_dir / f"{name}.build.log"
+    if plan.parent is not None and engine.image(plan.base_image) is None:
+        raise BuildError(f"{name}: parent image {plan.base_image} is not built; "
+                         f"run `imagekit build {plan.parent.name}` first (or build both)")
+    yield Info(name, f"context {len(ctx.getvalue()) / 1024:.0f} KiB, "
+                     f"FROM {project.map_base(plan.base_image)}")
+    started = time.monotonic()
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    step, total, instruction, cached, image_id = 0, 0, "", 0, None
+    with contextlib.ExitStack() as stack, log_path.open("w") as log:
+        network = None
+        if project.wheelhouse is not None:
+            stack.enter_context(fetch.serve(project.wheelhouse, project.config.pip.port))
+            network = "host"
+        try:
+            for item in engine.build(ctx, refs[0], network_mode=network):
+                if "stream" in item:
+                    for line in item["stream"].splitlines():
+                        line = line.rstrip()
+                        if not line:
+                            continue
+                        log.write(line + "\n")
+                        m = STEP_RE.match(line)
+                        if m:
+                            step, total, instruction = int(m[1]), int(m[2]), m[3]
+                            tail.clear()
+                            yield Step(name, step, total, instruction)
+                        elif line.strip() == "---> Using cache":
+                            cached += 1
+                            yield Cached(name, step)
+                        elif line.startswith("Successfully built "):
+                            image_id = image_id or line.split()[-1]
+                        elif not line.startswith((" ---> ", "Successfully tagged", "Removing intermediate")):
+                            tail.append(line)
+                            yield Log(name, line)
+                elif "aux" in item and isinstance(item["aux"], dict) and "ID" in item["aux"]:
+                    image_id = item["aux"]["ID"]
+                elif "error" in item or "errorDetail" in item:
+                    msg = (item.get("errorDetail") or {}).get("message") or item.get("error", "")
+                    log.write(f"ERROR: {msg}\n")
+                    where = f"step {step}/{total} `{_short(instruction)}`" if step else "start"
+                    raise BuildError(f"{name}: build failed at {where}: {_short(msg, 300)}",
+                                     details=[*(f"| {t}" for t in tail), f"full log: {log_path}"])
+        except KeyboardInterrupt:
+            raise Interrupted(f"{name}: build interrupted at step {step}/{total}; "
+                              "the engine removes its intermediate containers") from None
+    if image_id is None:
+        raise BuildError(f"{name}: the engine ended the build without an image ID",
+                         details=[f"full log: {log_path}"])
+    full_id = engine.image(refs[0])["Id"]
+    for ref in refs[1:]:
+        repo, tag = ref.rsplit(":", 1)
+        engine.tag(full_id, repo, tag)
+    seconds = time.monotonic() - started
+    record(project, plan, full_id, refs, seconds, total, cached, dockerfile)
+    yield Built(name, full_id, refs, round(seconds, 2), total, cached, str(log_path))
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def records_dir(project: Project) -> Path:
+    return project.state_dir / "builds"
+
+
+def record(project: Project, plan: Plan, image_id: str, refs: list[str], seconds: float,
+           steps: int, cached: int, dockerfile: str) -> Path:
+    d = records_dir(project)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{image_id.removeprefix('sha256:')[:16]}.json"
+    old = load_record(project, image_id) or {}
+    data = {
+        **old,
+        "name": plan.name, "image_id": image_id, "refs": refs,
+        "spec_digest": "sha256:" + plan.spec.digest(),
+        "framework": plan.framework, "version": plan.version, "device": plan.device,
+        "python": plan.python, "cuda": plan.cuda,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(seconds, 2), "steps": steps, "cached_steps": cached,
+        "dockerfile": dockerfile,
+    }
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def load_record(project: Project, image_id: str) -> dict | None:
+    path = records_dir(project) / f"{image_id.removeprefix('sha256:')[:16]}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def update_record(project: Project, image_id: str, **fields) -> None:
+    data = load_record(project, image_id) or {"image_id": image_id}
+    data.update(fields)
+    d = records_dir(project)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{image_id.removeprefix('sha256:')[:16]}.json").write_text(json.dumps(data, indent=2))

@@ -1,0 +1,119 @@
+"""The one error root. Every failure a user can cause or meet is an ImagekitError
+subclass; the CLI prints it as one line and exits with its code."""
+
+from __future__ import annotations
+
+
+class ImagekitError(Exception):
+    """Root of every error imagekit reports to a user."""
+
+    exit_code = 1
+    label = "error"
+
+    def __init__(self, message: str, *, details: list[str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(ImagekitError):
+    """A spec file is missing, unreadable or invalid (one line per problem)."""
+
+    exit_code = 3
+    label = "spec"
+
+
+class CompatError(SpecError):
+    """Framework / Python / CUDA / device combination that cannot work."""
+
+    exit_code = 4
+    label = "compat"
+
+
+class ConfigError(ImagekitError):
+    exit_code = 3
+    label = "config"
+
+
+class EngineUnavailable(ImagekitError):
+    exit_code = 5
+    label = "engine"
+
+
+class BuildError(ImagekitError):
+    exit_code = 6
+    label = "build"
+
+
+class FetchError(ImagekitError):
+    exit_code = 7
+    label = "fetch"
+
+
+class SmokeError(ImagekitError):
+    exit_code = 8
+    label = "smoke"
+
+
+class GpuUnavailable(SmokeError):
+    exit_code = 9
+    label = "gpu"
+
+
+class PushError(ImagekitError):
+    exit_code = 10
+    label = "push"
+
+
+class AuthError(PushError):
+    exit_code = 11
+    label = "auth"
+
+
+class SmokeGateError(PushError):
+    exit_code = 12
+    label = "smoke-gate"
+
+
+class SaveError(ImagekitError):
+    exit_code = 13
+    label = "save"
+
+
+class LoadError(ImagekitError):
+    exit_code = 14
+    label = "load"
+
+
+class DiskFullError(ImagekitError):
+    exit_code = 15
+    label = "disk"
+
+
+class Interrupted(ImagekitError):
+    exit_code = 130
+    label = "interrupted"
+
+
+EXIT_CODES: list[tuple[int, str]] = [
+    (0, "success"),
+    (1, "unexpected internal error (run with IMAGEKIT_DEBUG=1 for a traceback)"),
+    (2, "bad command-line usage"),
+    (3, "invalid spec or config file"),
+    (4, "impossible framework / Python / CUDA / device combination"),
+    (5, "no Docker engine answers"),
+    (6, "image build failed"),
+    (7, "fetching Python packages into the wheelhouse failed"),
+    (8, "smoke test failed (training, timeout, expected output)"),
+    (9, "a GPU was required (--gpu require) but the engine has none"),
+    (10, "push failed (registry refused or unreachable)"),
+    (11, "registry authentication failed"),
+    (12, "push refused: this image has not passed its smoke test"),
+    (13, "save failed"),
+    (14, "load failed (corrupt, truncated or mismatched archive)"),
+    (15, "disk full"),
+    (130, "interrupted (Ctrl-C)"),
+]

@@ -1,0 +1,141 @@
+"""Render stage: a resolved spec -> Dockerfile text. A pure function of the
+plan and the project config: the same inputs give the same bytes."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import jinja2
+
+from . import __version__, matrix
+from .config import Project
+from .errors import SpecError
+from .spec import Plan, display_path
+
+WHEELHOUSE_HOST = "127.0.0.1"
+
+
+def _dq(value: object) -> str:
+    """A double-quoted Dockerfile value: JSON escaping, and '$' kept literal."""
+    return json.dumps(str(value), ensure_ascii=False).replace("$", "\\$")
+
+
+def _assignments(pairs: dict, indent: int) -> str:
+    """KEY="value" pairs for ENV or LABEL, one per continued line."""
+    sep = " \\\n" + " " * indent
+    return sep.join(f"{k}={_dq(v)}" for k, v in pairs.items())
+
+
+def environment(project: Project) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(project.templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["shell"] = shlex.quote
+    env.filters["dq"] = _dq
+    env.filters["assignments"] = _assignments
+    return env
+
+
+def pip_options(project: Project) -> str:
+    pip = project.config.pip
+    if pip.wheelhouse:
+        return (f"--no-index --find-links http://{WHEELHOUSE_HOST}:{pip.port}/ "
+                f"--trusted-host {WHEELHOUSE_HOST} ")
+    opts = ""
+    if pip.index_url:
+        opts += f"--index-url {shlex.quote(pip.index_url)} "
+    if pip.trusted_host:
+        opts += f"--trusted-host {shlex.quote(pip.trusted_host)} "
+    return opts
+
+
+def labels(plan: Plan) -> dict[str, str]:
+    m = plan.spec.model
+    v = plan.variant
+    out = {
+        "org.opencontainers.image.title": plan.name,
+        "org.opencontainers.image.description": m.description,
+        "org.opencontainers.image.version": m.tags[0],
+        "org.opencontainers.image.base.name": plan.base_image,
+        "io.imagekit.name": plan.name,
+        "io.imagekit.framework": plan.framework,
+        "io.imagekit.framework.version": plan.version,
+        "io.imagekit.device": plan.device,
+        "io.imagekit.python": plan.python,
+        "io.imagekit.cuda": v.cuda or "",
+        "io.imagekit.cudnn": v.cudnn or "",
+        "io.imagekit.jupyter": "true" if m.jupyter.enabled else "false",
+        "io.imagekit.spec.digest": "sha256:" + plan.spec.digest(),
+    }
+    if plan.parent:
+        out["io.imagekit.parent"] = plan.parent.name
+    return out
+
+
+def context(plan: Plan, project: Project) -> dict:
+    m = plan.spec.model
+    v = plan.variant
+    child = plan.parent is not None
+    apt: list[str] = []
+    reasons = []
+    if not child:
+        if v.python_from == "apt":
+            apt += ["python3", "python3-venv"]
+            reasons.append("Python from the distribution")
+        if v.apt:
+            apt += [p for p in v.apt if p not in apt]
+            reasons.append(f"{plan.framework} runtime libraries")
+    extra = [p for p in m.apt if p not in apt]
+    if extra:
+        apt += extra
+        reasons.append("from the spec")
+    offline = bool(project.config.pip.wheelhouse)
+    return {
+        "imagekit_version": __version__,
+        "spec_path": f"images/{plan.name}/image.yaml",
+        "from_image": project.map_base(plan.base_image),
+        "child": child,
+        "framework": plan.framework,
+        "version": plan.version,
+        "device": plan.device,
+        "python": plan.python,
+        "cuda": v.cuda,
+        "cudnn": v.cudnn,
+        "cuda_from": v.cuda_from,
+        "apt": apt,
+        "apt_reason": ", ".join(reasons),
+        "apt_mirror": project.config.apt.mirror,
+        "pip_opts": pip_options(project),
+        "framework_pip": list(v.pip),
+        "framework_index": None if offline else v.pip_index,
+        "jupyter_pip": matrix.jupyter_pip(),
+        "jupyter": m.jupyter if m.jupyter.enabled else None,
+        "pip": list(m.pip),
+        "env": dict(m.env),
+        "workdir": m.workdir,
+        "code": m.code,
+        "labels": labels(plan),
+    }
+
+
+def render(plan: Plan, project: Project) -> str:
+    env = environment(project)
+    try:
+        template = env.get_template("Dockerfile.j2")
+        text = template.render(context(plan, project))
+    except jinja2.TemplateNotFound as e:
+        raise SpecError(f"template {e.name} not found in {display_path(project.templates_dir)}") from None
+    except jinja2.UndefinedError as e:
+        raise SpecError(f"template error while rendering {plan.name}: {e.message}") from None
+    lines = [line.rstrip() for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:  # collapse runs of blank lines left by skipped blocks
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip() + "\n"
