@@ -15,7 +15,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import __version__, base, build as build_stage, fetch as fetch_stage, matrix
+from . import __version__, base, matrix
+from . import build as build_stage
+from . import fetch as fetch_stage
+from . import smoke as smoke_stage
 from .config import Project, load_project
 from .display import Display, error, out
 from .engine import Engine
@@ -27,6 +30,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Build, smoke-test and publish Docker images for ML training platforms.")
 base_app = typer.Typer(no_args_is_help=True, help="Base images made without a registry.")
 app.add_typer(base_app, name="base")
+
+
+class Gpu(str, Enum):
+    auto = "auto"
+    require = "require"
+    off = "off"
+
+
+GpuOpt = Annotated[Gpu, typer.Option(
+    "--gpu", help="auto: request GPUs for a GPU image when the engine has them; "
+    "require: fail (exit 9) when it has none; off: never.")]
+StepsOpt = Annotated[int | None, typer.Option(
+    "--steps", min=1, help="Training steps for the smoke run (default: the spec's smoke.steps).")]
+TimeoutOpt = Annotated[int | None, typer.Option(
+    "--timeout", min=1, help="Time limit in seconds for each smoke container.")]
 
 
 class Output(str, Enum):
@@ -202,6 +220,9 @@ def fetch(names: Names = None, all_: AllOpt = False) -> None:
 def build(
     names: Names = None,
     all_: AllOpt = False,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Smoke-test each image once built.")]
+    = False,
+    gpu: GpuOpt = Gpu.auto,
 ) -> None:
     """Render and build images through the Docker engine, with live progress."""
     project = state.project
@@ -210,6 +231,28 @@ def build(
     with Display(state.output, state.verbose) as d:
         for plan in plans:
             for ev in build_stage.build(plan, project, engine):
+                d.show(ev)
+            if smoke:
+                for ev in smoke_stage.smoke(plan, project, engine, gpu=gpu.value):
+                    d.show(ev)
+
+
+@app.command()
+def smoke(
+    names: Names = None,
+    all_: AllOpt = False,
+    gpu: GpuOpt = Gpu.auto,
+    steps: StepsOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """Run a short real training inside built images and judge it."""
+    project = state.project
+    plans = _plans(project, _names(project, names, all_))
+    engine = Engine.connect()
+    with Display(state.output, state.verbose) as d:
+        for plan in plans:
+            for ev in smoke_stage.smoke(plan, project, engine, gpu=gpu.value, steps=steps,
+                                        timeout=timeout):
                 d.show(ev)
 
 

@@ -17,7 +17,7 @@ from rich.text import Text
 from .events import Built, Cached, Event, Failed, Info, Log, Progress, Result, Skipped, Step, Warn
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -122,9 +122,37 @@ class Display:
             d = ev.data
             verb = "made" if d.get("made") else "kept"
             self._line(f"{verb} {d['image']} ({d['image_id'][:19]})", "green", always=True)
+        elif ev.stage == "smoke":
+            self._smoke(ev.image, ev.data)
         else:
             self._line(f"{ev.image}: {ev.stage}: {json.dumps(ev.data, default=str)}",
                        always=True)
+
+    def _smoke(self, name: str, r: dict) -> None:
+        fc = r.get("framework_check") or {}
+        lines = [f"{name}: smoke passed in {r.get('seconds')}s ({r['image_id'][:19]})"]
+        if fc:
+            gpu = f", CUDA {fc.get('cuda')} cuDNN {fc.get('cudnn')}" if fc.get("device") == "gpu" \
+                else ""
+            lines.append(f"  framework  {fc.get('framework')} {fc.get('version')} on "
+                         f"{fc.get('device')} ({fc.get('device_name')}{gpu})")
+            lines.append(f"  steps      {fc.get('steps')}, loss {fc.get('loss_first'):.4g} -> "
+                         f"{fc.get('loss_last'):.4g}, {fc.get('steps_per_sec')} steps/s")
+        tr = r.get("training")
+        if tr:
+            runs = ", ".join(f"{x['seconds']}s" for x in tr["runs"])
+            resumed = f", resumed from step {tr['resumed_from']}" if "resumed_from" in tr else ""
+            lines.append(f"  training   {len(tr['runs'])} run(s) ({runs}){resumed}; "
+                         f"{len(tr.get('output_files', []))} output files")
+        nb = r.get("notebook")
+        if nb:
+            lines.append(f"  notebook   JupyterLab answered at {nb['url']} in "
+                         f"{nb['seconds_to_answer']}s")
+        if r.get("note"):
+            lines.append(f"  note       {r['note']}")
+        lines.append(f"  log        {r.get('log')}")
+        for line in lines:
+            self._line(line, "green" if line is lines[0] else "", always=True)
 
     # -- live view -----------------------------------------------------------
     def _render(self):

@@ -98,15 +98,24 @@ class Engine:
 
     # -- containers --------------------------------------------------------
     @contextlib.contextmanager
+    def volume(self, name: str) -> Iterator[str]:
+        """A named volume (works with remote engines too), removed on every way out."""
+        self._call(self.api.create_volume, name=name, labels={"io.imagekit.owned": "true"})
+        try:
+            yield name
+        finally:
+            with contextlib.suppress(Exception):
+                self.api.remove_volume(name, force=True)
+
+    @contextlib.contextmanager
     def container(self, image: str, command: list[str] | None = None, *, name: str,
-                  mounts: list[tuple[str, str, bool]] = (), env: dict | None = None,
-                  gpus: bool = False, ports: dict[int, int] | None = None,
-                  workdir: str | None = None, labels: dict | None = None) -> Iterator[str]:
-        """Create and start a container; it is force-removed on every way out."""
-        binds = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
+                  volumes: dict[str, str] | None = None, env: dict | None = None,
+                  gpus: bool = False, workdir: str | None = None,
+                  files: bytes | None = None) -> Iterator[str]:
+        """Create a container, copy `files` (a tar) into it, start it; it is
+        force-removed on every way out (failure, timeout, Ctrl-C)."""
         host_config = self.api.create_host_config(
-            binds=binds,
-            port_bindings={p: ("127.0.0.1", hp) for p, hp in (ports or {}).items()} or None,
+            binds={vol: {"bind": dst, "mode": "rw"} for vol, dst in (volumes or {}).items()},
             device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
             init=True,
         )
@@ -115,9 +124,10 @@ class Engine:
             created = self._call(
                 self.api.create_container, image, command=command, name=name,
                 environment=env or {}, host_config=host_config, working_dir=workdir,
-                labels={"io.imagekit.owned": "true", **(labels or {})},
-                ports=list(ports) if ports else None)
+                labels={"io.imagekit.owned": "true"})
             cid = created["Id"]
+            if files:
+                self._call(self.api.put_archive, cid, "/", files)
             self._call(self.api.start, cid)
             yield cid
         finally:
@@ -125,13 +135,30 @@ class Engine:
                 with contextlib.suppress(Exception):
                     self.api.remove_container(cid, force=True, v=True)
 
+    def files_in(self, cid: str, path: str) -> list[str]:
+        """Names of the files under `path` in a (stopped) container."""
+        import tarfile
+        import tempfile
+        try:
+            stream, _ = self.api.get_archive(cid, path)
+        except docker.errors.NotFound:
+            return []
+        with tempfile.TemporaryFile() as f:
+            for chunk in stream:
+                f.write(chunk)
+            f.seek(0)
+            with tarfile.open(fileobj=f) as tar:
+                top = path.rstrip("/").split("/")[-1]
+                return sorted(m.name[len(top) + 1:] for m in tar.getmembers()
+                              if m.isfile() and m.name.startswith(top + "/"))
+
     def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]:
         return self.api.logs(cid, stream=True, follow=follow, stdout=True, stderr=True)
 
     def wait(self, cid: str, timeout: float) -> int:
         try:
             return int(self.api.wait(cid, timeout=timeout)["StatusCode"])
-        except requests.exceptions.ConnectionError as e:
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as e:
             raise TimeoutError from e
 
     def inspect_container(self, cid: str) -> dict:

@@ -91,8 +91,9 @@ def variant(framework: str, version: str, device: str, python: str,
     base_pythons = tuple(base["pythons"])
     if python not in pythons:
         ok = [p for p in pythons if p in base_pythons] or list(pythons)
+        near = _nearest(python, ok, 1)[0]
         raise CompatError(f"{framework} {version} does not support Python {python}; "
-                          f"supported: {', '.join(pythons)} (nearest valid: python {_nearest(python, ok, 1)[0]})")
+                          f"supported: {', '.join(pythons)} (nearest valid: python {near})")
     if python not in base_pythons and not own_base:
         raise CompatError(f"{framework} {version} {device.upper()} uses base "
                           f"{base['image']} which provides Python {', '.join(base_pythons)}, not {python}; "

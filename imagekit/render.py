@@ -11,7 +11,7 @@ import jinja2
 from . import __version__, matrix
 from .config import Project
 from .errors import SpecError
-from .spec import Plan, display_path
+from .spec import PLATFORM_MOUNTS, Plan, display_path
 
 WHEELHOUSE_HOST = "127.0.0.1"
 
@@ -116,6 +116,9 @@ def context(plan: Plan, project: Project) -> dict:
         "framework_index": None if offline else v.pip_index,
         "jupyter_pip": matrix.jupyter_pip(),
         "jupyter": m.jupyter if m.jupyter.enabled else None,
+        "notebook_dir_mounted": any(m.jupyter.notebook_dir == d or
+                                    m.jupyter.notebook_dir.startswith(d + "/")
+                                    for d in PLATFORM_MOUNTS),
         "pip": list(m.pip),
         "env": dict(m.env),
         "workdir": m.workdir,

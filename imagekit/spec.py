@@ -17,8 +17,7 @@ from typing import Annotated, Any
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import matrix
 from .errors import CompatError, SpecError
@@ -193,8 +192,9 @@ class ImageSpec(Strict):
         if self.cuda is not None and self.device == Device.cpu:
             raise ValueError("cuda: only a gpu image has a CUDA version (device is cpu)")
         if self.jupyter.enabled:
+            # the notebook dir may be a platform mount (seed 002 serves /code)
             used = {"code.dest": self.code.dest if self.code else None,
-                    "workdir": self.workdir, "jupyter.notebook_dir": self.jupyter.notebook_dir}
+                    "workdir": self.workdir}
             for where, path in used.items():
                 for mount in PLATFORM_MOUNTS:
                     if path and (path == mount or path.startswith(mount + "/")):

@@ -1,0 +1,117 @@
+"""Engine tests: a real Docker engine, real builds, real training.
+
+Images are shared per session (the TensorFlow one takes minutes), have unique
+names, and are removed at teardown; the bootstrapped base image is kept."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+from helpers import Project, imagekit, leftovers, unique
+
+pytestmark = pytest.mark.engine
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/engine" in str(item.fspath):
+            item.add_marker(pytest.mark.engine)
+
+
+@pytest.fixture(scope="session")
+def docker_api():
+    try:
+        api = docker.APIClient(version="auto")
+        api.ping()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"engine tests need a Docker engine (make engine): {e}")
+    return api
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_api):
+    r = imagekit("base", "bootstrap", timeout=900)
+    assert r.code == 0, r.output
+    return "imagekit/base:bookworm"
+
+
+class Built:
+    def __init__(self, project: Project, name: str, ref: str, image_id: str):
+        self.project, self.name, self.ref, self.image_id = project, name, ref, image_id
+
+
+@pytest.fixture(scope="session")
+def session_project(tmp_path_factory) -> Project:
+    """One project for every image the engine tests share (children need
+    their parents in the same catalog)."""
+    return Project(tmp_path_factory.mktemp("engine") / "proj")
+
+
+def build_in(project: Project, name: str, docker_api) -> Built:
+    r = project.run("fetch", name, timeout=1200)
+    assert r.code == 0, r.output
+    r = project.run("build", name, timeout=1800)
+    assert r.code == 0, r.output[-3000:]
+    ref = f"{name}:test"
+    return Built(project, name, ref, docker_api.inspect_image(ref)["Id"])
+
+
+def build_copy(project: Project, catalog_name: str, docker_api, **changes) -> Built:
+    name = unique(catalog_name)
+    project.copy(catalog_name, name, tags=["test"], **changes)
+    return build_in(project, name, docker_api)
+
+
+def remove_image(docker_api, ref: str) -> None:
+    try:
+        docker_api.remove_image(ref, force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+@pytest.fixture(scope="session")
+def tf_image(session_project, base_image, docker_api):
+    """The ocr-cpu catalog image (TensorFlow CPU) under a unique name."""
+    built = build_copy(session_project, "ocr-cpu", docker_api)
+    yield built
+    remove_image(docker_api, built.ref)
+
+
+@pytest.fixture(scope="session")
+def torch_image(session_project, base_image, docker_api):
+    """The detectron2-base catalog image (PyTorch CPU) under a unique name."""
+    built = build_copy(session_project, "detectron2-base", docker_api)
+    yield built
+    remove_image(docker_api, built.ref)
+
+
+@pytest.fixture(scope="session")
+def mxnet_image(session_project, base_image, docker_api):
+    """The ssd-mxnet-cpu catalog image (MXNet CPU) under a unique name."""
+    built = build_copy(session_project, "ssd-mxnet-cpu", docker_api)
+    yield built
+    remove_image(docker_api, built.ref)
+
+
+@pytest.fixture(scope="session")
+def child_of(session_project, docker_api):
+    """Build a small child image FROM a session image; removed at the end."""
+    made = []
+
+    def make(parent: Built, prefix: str, spec: dict, files: dict | None = None) -> Built:
+        name = unique(prefix)
+        session_project.add(name, {"parent": parent.name, "tags": ["test"], **spec}, files)
+        built = build_in(session_project, name, docker_api)
+        made.append(built.ref)
+        return built
+
+    yield make
+    for ref in made:
+        remove_image(docker_api, ref)
+
+
+@pytest.fixture
+def no_leftovers(docker_api):
+    yield
+    assert leftovers(docker_api) == [], "containers or volumes were left behind"
+

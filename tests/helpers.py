@@ -1,0 +1,94 @@
+"""Test helpers: run the real CLI in a subprocess, make throwaway projects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def imagekit(*args: str, cwd: Path | None = None, env: dict | None = None,
+             input: str | None = None, timeout: int = 1800) -> Run:
+    full_env = {**os.environ, **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "imagekit", *args], cwd=cwd or REPO,
+                       env=full_env, capture_output=True, text=True, input=input,
+                       timeout=timeout)
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-t{uuid.uuid4().hex[:8]}"
+
+
+class Project:
+    """A throwaway project folder: imagekit.toml (the repo's, with the shared
+    wheelhouse) and copies of catalog specs under new, unique names."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        cfg = (REPO / "imagekit.toml").read_text().replace(
+            'wheelhouse = ".imagekit/wheelhouse"',
+            f'wheelhouse = "{REPO / ".imagekit" / "wheelhouse"}"')
+        (root / "imagekit.toml").write_text(cfg)
+
+    def add(self, name: str, spec: dict, files: dict[str, str] | None = None) -> Path:
+        d = self.root / "images" / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "image.yaml").write_text(yaml.safe_dump({"name": name, **spec}, sort_keys=False))
+        for rel, text in (files or {}).items():
+            f = d / rel
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+        return d
+
+    def copy(self, catalog_name: str, new_name: str, **changes) -> Path:
+        src = REPO / "images" / catalog_name
+        spec = yaml.safe_load((src / "image.yaml").read_text())
+        spec.pop("name")
+        if "parent" in spec and "parent" not in changes:
+            raise ValueError("copy the parent too and pass parent=")
+        spec.update(changes)
+        d = self.add(new_name, spec)
+        code = spec.get("code", {}).get("src")
+        if code:
+            shutil.copytree((src / code).resolve(), d / "code",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            spec["code"]["src"] = "code"
+            (d / "image.yaml").write_text(yaml.safe_dump({"name": new_name, **spec},
+                                                         sort_keys=False))
+        return d
+
+    def run(self, *args: str, **kw) -> Run:
+        return imagekit("-C", str(self.root), *args, **kw)
+
+
+
+def leftovers(docker_api) -> list[str]:
+    """Containers and volumes imagekit made that still exist."""
+    cs = docker_api.containers(all=True, filters={"label": "io.imagekit.owned=true"})
+    vs = docker_api.volumes(filters={"label": "io.imagekit.owned=true"}).get("Volumes") or []
+    return [c["Id"][:12] for c in cs] + [v["Name"] for v in vs]
+
+
+def docker_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, cwd=REPO)

@@ -1,0 +1,88 @@
+"""Rendering: golden files for every catalog spec, determinism, hadolint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from helpers import REPO, imagekit
+
+from imagekit.config import load_project
+from imagekit.render import render
+
+GOLDEN = REPO / "tests" / "unit" / "golden"
+CATALOG = load_project(REPO).catalog.names()
+
+
+@pytest.mark.parametrize("name", CATALOG)
+def test_golden(name):
+    project = load_project(REPO)
+    text = render(project.catalog.resolve(name), project)
+    path = GOLDEN / f"{name}.Dockerfile"
+    if os.environ.get("IMAGEKIT_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.is_file(), f"no golden file for {name}; run with IMAGEKIT_UPDATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+@pytest.mark.parametrize("name", CATALOG)
+def test_render_is_deterministic(name):
+    a = imagekit("render", name).stdout
+    b = imagekit("render", name).stdout
+    assert a and a == b
+
+
+def test_layer_order_and_no_caches():
+    project = load_project(REPO)
+    for name in CATALOG:
+        text = render(project.catalog.resolve(name), project)
+        lines = text.splitlines()
+        idx = {k: next((i for i, line in enumerate(lines) if k in line), None)
+               for k in ("apt-get install", "python3 -m venv", "COPY code/")}
+        pip = [i for i, line in enumerate(lines) if "pip install" in line]
+        if idx["apt-get install"] is not None and idx["python3 -m venv"] is not None:
+            assert idx["apt-get install"] < idx["python3 -m venv"]
+        if idx["COPY code/"] is not None:
+            assert all(i < idx["COPY code/"] for i in pip), name
+        assert all("--no-cache-dir" in lines[i] for i in pip), name
+        if idx["apt-get install"] is not None:
+            assert "rm -rf /var/lib/apt/lists/*" in text
+
+
+def test_labels_and_strict_templates(project):
+    project.add("lab", {"framework": {"name": "mxnet", "version": "1.9.1"}, "python": "3.11",
+                        "description": 'quote " and $HOME', "env": {"A": "x y $Z"}})
+    text = project.run("render", "lab").stdout
+    for key in ("org.opencontainers.image.title", "io.imagekit.framework=\"mxnet\"",
+                "io.imagekit.spec.digest=\"sha256:", "io.imagekit.python=\"3.11\""):
+        assert key in text
+    assert 'quote \\" and \\$HOME' in text and 'A="x y \\$Z"' in text
+    assert "libgomp1 libquadmath0 libgfortran5" in text and "'numpy<1.24'" in text
+
+
+def test_missing_template_variable_is_an_error(project, tmp_path):
+    tdir = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", tdir)
+    (tdir / "Dockerfile.j2").write_text("FROM {{ no_such_variable }}\n")
+    cfg = project.root / "imagekit.toml"
+    cfg.write_text(f'templates_dir = "{tdir}"\n' + cfg.read_text())
+    project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}})
+    r = project.run("render", "x")
+    assert r.code == 3 and "no_such_variable" in r.stderr and "Traceback" not in r.output
+
+
+def test_hadolint_passes_on_every_catalog_spec():
+    r = imagekit("lint", "--all")
+    assert r.code == 0, r.output
+    assert r.stdout.count("ok ") == len(CATALOG)
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian\nRUN cd /tmp && apt-get install curl\n")
+    hadolint = shutil.which("hadolint") or str(REPO / ".venv" / "bin" / "hadolint")
+    import subprocess
+    res = subprocess.run([hadolint, "--config", str(REPO / ".hadolint.yaml"), str(bad)],
+                         capture_output=True, text=True)
+    assert res.returncode != 0
