@@ -174,3 +174,102 @@ def update_record(project: Project, image_id: str, **fields) -> None:
     d = records_dir(project)
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{image_id.removeprefix('sha256:')[:16]}.json").write_text(json.dumps(data, indent=2))
+
+
+def graph(plans: list[Plan]) -> list[Plan]:
+    """The requested plans plus their catalog ancestors, parents first."""
+    order: list[Plan] = []
+    seen: set[str] = set()
+
+    def visit(p: Plan) -> None:
+        if p.name in seen:
+            return
+        if p.parent is not None:
+            visit(p.parent)
+        seen.add(p.name)
+        order.append(p)
+
+    for p in plans:
+        visit(p)
+    return order
+
+
+def build_graph(plans: list[Plan], project: Project, engine: Engine, *, jobs: int = 2,
+                after=None) -> Iterator[Event]:
+    """Build plans and their ancestors in dependency order, independent ones in
+    parallel (up to `jobs`). `after(plan)` may yield more events for a built
+    image (the smoke test); an error there fails the image like a build error.
+    A failed image's dependents are skipped, not attempted. The last event is
+    a Result with every image's outcome."""
+    import queue
+    import threading
+
+    from .errors import ImagekitError
+    from .events import Failed, Result, Skipped
+
+    order = graph(plans)
+    by_name = {p.name: p for p in order}
+    children: dict[str, list[str]] = {p.name: [] for p in order}
+    for p in order:
+        if p.parent is not None:
+            children[p.parent.name].append(p.name)
+    status: dict[str, dict] = {}
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    pending = [p.name for p in order if p.parent is None or p.parent.name not in by_name]
+    waiting = {p.name for p in order} - set(pending)
+    running: set[str] = set()
+
+    def work(plan: Plan) -> None:
+        try:
+            for ev in build(plan, project, engine):
+                if cancel.is_set():
+                    raise Interrupted("cancelled")
+                events.put(ev)
+            if after is not None:
+                for ev in after(plan):
+                    if cancel.is_set():
+                        raise Interrupted("cancelled")
+                    events.put(ev)
+            events.put(("done", plan.name, None))
+        except ImagekitError as e:
+            events.put(("done", plan.name, e))
+        except Exception as e:  # noqa: BLE001 - reported as this image's failure
+            events.put(("done", plan.name, ImagekitError(f"{plan.name}: {type(e).__name__}: {e}")))
+
+    def skip(name: str, why: str) -> Iterator[Event]:
+        for child in children[name]:
+            if child in waiting:
+                waiting.discard(child)
+                status[child] = {"status": "skipped", "reason": why}
+                yield Skipped(child, why)
+                yield from skip(child, f"its ancestor {name} was not built")
+
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                name = pending.pop(0)
+                running.add(name)
+                threading.Thread(target=work, args=(by_name[name],), daemon=True).start()
+            item = events.get()
+            if not isinstance(item, tuple):
+                yield item
+                continue
+            _, name, err = item
+            running.discard(name)
+            if err is None:
+                status[name] = {"status": "ok"}
+                for child in children[name]:
+                    if child in waiting:
+                        waiting.discard(child)
+                        pending.append(child)
+            else:
+                status[name] = {"status": "failed", "reason": err.message,
+                                "exit_code": err.exit_code, "details": err.details}
+                yield Failed(name, err.message)
+                yield from skip(name, f"its parent {name} failed")
+    except KeyboardInterrupt:
+        cancel.set()
+        raise Interrupted(f"build interrupted while building {', '.join(sorted(running))}; "
+                          "the engine removes its intermediate containers") from None
+    yield Result("", "graph", {"images": status})

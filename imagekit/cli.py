@@ -23,6 +23,7 @@ from .config import Project, load_project
 from .display import Display, error, out
 from .engine import Engine
 from .errors import EXIT_CODES, ImagekitError, Interrupted, SpecError
+from .events import Skipped
 from .render import render as render_plan
 from .spec import Plan
 
@@ -45,6 +46,17 @@ StepsOpt = Annotated[int | None, typer.Option(
     "--steps", min=1, help="Training steps for the smoke run (default: the spec's smoke.steps).")]
 TimeoutOpt = Annotated[int | None, typer.Option(
     "--timeout", min=1, help="Time limit in seconds for each smoke container.")]
+
+
+class FrameworkName(str, Enum):
+    tensorflow = "tensorflow"
+    pytorch = "pytorch"
+    mxnet = "mxnet"
+
+
+class DeviceName(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
 
 
 class Output(str, Enum):
@@ -223,18 +235,41 @@ def build(
     smoke: Annotated[bool, typer.Option("--smoke", help="Smoke-test each image once built.")]
     = False,
     gpu: GpuOpt = Gpu.auto,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Images built at once.")] = 2,
+    include_gpu: Annotated[bool, typer.Option(
+        "--include-gpu", help="With --all: also GPU images when the engine has no GPU.")] = False,
 ) -> None:
-    """Render and build images through the Docker engine, with live progress."""
+    """Render and build images (and their catalog parents, first) through the
+    Docker engine, independent ones in parallel, with live progress."""
     project = state.project
     plans = _plans(project, _names(project, names, all_))
     engine = Engine.connect()
+    left_out = []
+    if all_ and not include_gpu and not engine.gpu_capable():
+        left_out = [p for p in plans if p.device == "gpu"]
+        plans = [p for p in plans if p.device != "gpu"]
+
+    def after(plan):
+        return smoke_stage.smoke(plan, project, engine, gpu=gpu.value)
+
+    result = {}
     with Display(state.output, state.verbose) as d:
-        for plan in plans:
-            for ev in build_stage.build(plan, project, engine):
-                d.show(ev)
-            if smoke:
-                for ev in smoke_stage.smoke(plan, project, engine, gpu=gpu.value):
-                    d.show(ev)
+        for p in left_out:
+            d.show(Skipped(p.name, "GPU image and this engine has no GPU "
+                                   "(name it, or use --include-gpu, to build it anyway)"))
+        for ev in build_stage.build_graph(plans, project, engine, jobs=jobs,
+                                          after=after if smoke else None):
+            if ev.kind == "result" and ev.stage == "graph":
+                result = ev.data["images"]
+            d.show(ev)
+    failed = {n: r for n, r in result.items() if r["status"] == "failed"}
+    if len(result) > 1 or failed:
+        d.summary(result)
+    if failed:
+        first = next(iter(failed.values()))
+        if len(result) == 1:
+            error(first["reason"], first.get("details"))
+        raise typer.Exit(first["exit_code"])
 
 
 @app.command()
@@ -254,6 +289,25 @@ def smoke(
             for ev in smoke_stage.smoke(plan, project, engine, gpu=gpu.value, steps=steps,
                                         timeout=timeout):
                 d.show(ev)
+
+
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="Name of the new image (its folder in images/).")],
+    framework: Annotated[FrameworkName, typer.Option("--framework", "-f", help="Framework.")],
+    device: Annotated[DeviceName, typer.Option("--device", "-d", help="cpu or gpu.")]
+    = DeviceName.cpu,
+    version: Annotated[str | None, typer.Option(help="Framework version (default: the matrix's).")]
+    = None,
+    python: Annotated[str | None, typer.Option(help="Python version (default: the matrix's).")]
+    = None,
+) -> None:
+    """Scaffold a spec and a starter training script that passes the smoke test."""
+    from .new import scaffold
+    project = state.project
+    folder = scaffold(project, name, framework.value, device.value, version, python)
+    out.print(f"created {folder}/image.yaml and code/train.py")
+    out.print(f"next: imagekit fetch {name} && imagekit build {name} --smoke")
 
 
 @base_app.command("bootstrap")

@@ -40,6 +40,7 @@ class Display:
         self.verbose = verbose
         self.rows: dict[str, _Row] = {}
         self.progress: dict[tuple[str, str], tuple[int, int, str]] = {}
+        self.progress_printed: dict[tuple[str, str], float] = {}
         self.live: Live | None = None
 
     def __enter__(self) -> Display:
@@ -90,6 +91,7 @@ class Display:
         elif isinstance(ev, Info):
             if row:
                 row.status = ev.message[:60]
+                row.tail.clear()
             self._line(f"{ev.image}: {ev.message}" if ev.image else ev.message, always=True)
         elif isinstance(ev, Progress):
             self._progress(ev)
@@ -108,9 +110,15 @@ class Display:
         key = (ev.image, ev.item)
         last = self.progress.get(key)
         self.progress[key] = (ev.current, ev.total, ev.status)
-        if self.mode == "plain" and (last is None or last[2] != ev.status):
-            size = f" {ev.current / 1e6:.1f}/{ev.total / 1e6:.1f} MB" if ev.total else ""
-            print(f"{ev.image}: {ev.item} {ev.status}{size}", flush=True)
+        if self.mode != "plain":
+            return
+        # plain lines: each change of status, and a heartbeat for long transfers
+        now = time.monotonic()
+        if last is None or last[2] != ev.status or \
+                now - self.progress_printed.get(key, 0.0) >= PLAIN_PROGRESS_EVERY:
+            self.progress_printed[key] = now
+            who = f"{ev.image}: " if ev.image else ""
+            print(f"{who}{ev.item} {ev.status}{_bytes(ev.current, ev.total)}", flush=True)
 
     def _result(self, ev: Result) -> None:
         if ev.stage == "fetch":
@@ -124,6 +132,14 @@ class Display:
             self._line(f"{verb} {d['image']} ({d['image_id'][:19]})", "green", always=True)
         elif ev.stage == "smoke":
             self._smoke(ev.image, ev.data)
+        elif ev.stage == "push":
+            self._push(ev.image, ev.data)
+        elif ev.stage == "save":
+            self._save(ev.image, ev.data)
+        elif ev.stage == "load":
+            self._load(ev.data)
+        elif ev.stage == "graph":
+            pass
         else:
             self._line(f"{ev.image}: {ev.stage}: {json.dumps(ev.data, default=str)}",
                        always=True)
@@ -154,23 +170,83 @@ class Display:
         for line in lines:
             self._line(line, "green" if line is lines[0] else "", always=True)
 
+    def summary(self, images: dict[str, dict]) -> None:
+        """The end of a multi-image build: what was built, failed, skipped."""
+        if self.mode == "json":
+            return
+        width = max((len(n) for n in images), default=4)
+        for name, r in images.items():
+            style = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
+            why = f"  {r['reason']}" if r.get("reason") else ""
+            text = f"{name:<{width}}  {r['status']:<7}{why}"
+            if self.mode == "plain":
+                print(text, flush=True)
+            else:
+                out.print(Text(text, style=style))
+
+    def _push(self, name: str, r: dict) -> None:
+        gate = "smoke test passed" if r.get("smoke_gate") == "on" else "smoke gate off"
+        self._line(f"{name}: pushed {r['image_id'][:19]} to {len(r['destinations'])} "
+                   f"destination(s) ({gate})", "green", always=True)
+        for d in r["destinations"]:
+            self._line(f"  {d['ref']}  {d['digest']}", always=True)
+
+    def _save(self, name: str, r: dict) -> None:
+        ratio = f", {100 * r['bytes'] / r['tar_bytes']:.0f}% of the tar" if r.get("tar_bytes") else ""
+        self._line(f"{name}: saved {r['ref']} ({r['image_id'][:19]}) to {r['path']}", "green",
+                   always=True)
+        self._line(f"  {r['format']}, {r['bytes'] / 1e6:.1f} MB{ratio}, {r['seconds']}s "
+                   f"({r.get('mb_per_s')} MB/s read)", always=True)
+        self._line(f"  sha256 {r['sha256']}  ({r['sha256_file']}; manifest {r['manifest_file']})",
+                   always=True)
+
+    def _load(self, r: dict) -> None:
+        refs = ", ".join(r["refs"]) or "(no tag)"
+        self._line(f"loaded {refs} ({r['image_id']}) from {r['path']}", "green", always=True)
+        self._line(f"  checksum {r['checksum']}; manifest: {r['manifest']}", always=True)
+
     # -- live view -----------------------------------------------------------
     def _render(self):
         table = Table.grid(padding=(0, 2))
         now = time.monotonic()
         for name, row in self.rows.items():
             elapsed = (row.done or now) - row.started
-            table.add_row(Text(name, style="bold"), Text(row.status), Text(row.step[:70]),
-                          Text(f"{elapsed:5.1f}s"), Text(f"{row.cached} cached", style="dim"))
+            cached = f"{row.cached} cached" if row.step else ""
+            table.add_row(Text(name, style="bold"), Text(row.status[:60]), Text(row.step[:70]),
+                          Text(f"{elapsed:5.1f}s"), Text(cached, style="dim"))
         parts = [table]
-        active = [r for r in self.rows.values() if r.status == "building"]
+        active = [r for r in self.rows.values() if r.done is None and r.tail]
         if len(active) == 1 and active[0].tail:
             parts.append(Text("\n".join(f"  | {line[:110]}" for line in active[0].tail),
                               style="dim"))
-        for (image, item), (cur, total, status) in list(self.progress.items())[-8:]:
-            pct = f"{100 * cur / total:5.1f}%" if total else ""
-            parts.append(Text(f"  {image} {item} {status} {pct}", style="cyan"))
+        for (image, item), (cur, total, status) in _latest(self.progress, 8):
+            parts.append(Text(f"  {image} {item} {status:<22} {_bar(cur, total)}"
+                              f"{_bytes(cur, total)}", style="cyan"))
         return Group(*parts)
+
+
+PLAIN_PROGRESS_EVERY = 10.0   # seconds between plain progress lines of one item
+DONE_STATUSES = ("Pushed", "Layer already exists", "Mounted from")
+
+
+def _bytes(current: int, total: int) -> str:
+    if total:
+        return f" {current / 1e6:.1f}/{total / 1e6:.1f} MB"
+    return f" {current / 1e6:.1f} MB" if current else ""
+
+
+def _bar(current: int, total: int, width: int = 20) -> str:
+    if not total:
+        return ""
+    filled = min(width, int(width * current / total))
+    return f"[{'#' * filled}{'.' * (width - filled)}] {100 * min(current, total) / total:5.1f}%"
+
+
+def _latest(progress: dict, n: int) -> list:
+    """The last n progress items, those still moving first (a push has many layers)."""
+    items = list(progress.items())
+    moving = [x for x in items if not str(x[1][2]).startswith(DONE_STATUSES)]
+    return (moving[-n:] + [x for x in items if x not in moving][-n:])[:n]
 
 
 def error(message: str, details: list[str] | None = None) -> None:

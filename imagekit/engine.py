@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import docker
+import docker.auth
 import docker.errors
 import requests.exceptions
 from docker.types import DeviceRequest
@@ -171,19 +172,29 @@ class Engine:
         return int(code or 0), out.decode(errors="replace")
 
     # -- publish -----------------------------------------------------------
-    def save(self, ref: str, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes]:
+    def save(self, ref: str | list[str], chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes]:
+        """The engine's export (GET /images/get?names=REF) as chunks of a tar that
+        `docker load` restores with its name:tag (`ref` may be several refs)."""
         try:
             resp = self.api._get(self.api._url("/images/get"), params={"names": ref}, stream=True)
             self.api._raise_for_status(resp)
-            yield from resp.iter_content(chunk_size)
+            try:
+                yield from resp.iter_content(chunk_size)
+            finally:
+                resp.close()
         except docker.errors.APIError as e:
             raise EngineError(f"export of {ref} failed: {_explain(e)}") from e
+        except requests.exceptions.RequestException as e:
+            raise EngineError(f"export of {ref} broke off: {_explain(e)}") from e
 
-    def load(self, data: IO[bytes]) -> Iterator[dict]:
+    def load(self, data: IO[bytes] | Iterator[bytes]) -> Iterator[dict]:
+        """POST /images/load; `data` may be a generator of chunks (sent chunked)."""
         try:
             yield from self.api.load_image(data, quiet=True)
         except docker.errors.APIError as e:
             raise EngineError(f"load failed: {_explain(e)}") from e
+        except requests.exceptions.RequestException as e:
+            raise EngineError(f"load broke off: {_explain(e)}") from e
 
     def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[dict]:
         try:
@@ -191,6 +202,28 @@ class Engine:
                                      auth_config=auth)
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
             raise EngineError(f"push of {repository}:{tag} failed: {_explain(e)}") from e
+
+    def registry_auth(self, registry: str) -> dict | None:
+        """Credentials for `registry` from the Docker config file: its `auths`,
+        `credHelpers` and `credsStore` (helpers get the registry on stdin, as the
+        docker CLI does). None when it has none. Only ever handed to the engine."""
+        try:
+            found = docker.auth.resolve_authconfig(docker.auth.load_config(), registry)
+        except docker.errors.DockerException as e:
+            raise EngineError(f"reading Docker credentials for {registry}: {_explain(e)}") \
+                from None
+        return dict(found) if found else None
+
+    def distribution_digest(self, ref: str, auth: dict | None) -> str:
+        """The manifest digest the registry holds for `ref`, asked through the
+        engine (GET /distribution/REF/json with X-Registry-Auth)."""
+        try:
+            data = self.api.inspect_distribution(ref, auth_config=auth)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            text = getattr(e, "explanation", None) or str(e)
+            lines = [x.strip() for x in str(text).splitlines() if x.strip() not in ("", "errors:")]
+            raise EngineError(f"asking the registry for {ref}: {'; '.join(lines) or e}") from e
+        return str((data.get("Descriptor") or {}).get("digest") or "")
 
     def _call(self, fn, *args: Any, **kwargs: Any):
         try:

@@ -109,20 +109,36 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+_servers: dict[int, list] = {}  # port -> [server, users, wheelhouse]
+_servers_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def serve(wheelhouse: Path, port: int) -> Iterator[str]:
-    """Serve the wheelhouse read-only on 127.0.0.1:port for the build's pip."""
+    """Serve the wheelhouse read-only on 127.0.0.1:port for the builds' pip.
+    Parallel builds in one process share one server."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    handler = functools.partial(_QuietHandler, directory=str(wheelhouse))
-    try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    except OSError as e:
-        raise FetchError(f"cannot serve the wheelhouse on 127.0.0.1:{port} ({e.strerror}); "
-                         "set another [pip] port in imagekit.toml") from None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    with _servers_lock:
+        entry = _servers.get(port)
+        if entry is None:
+            handler = functools.partial(_QuietHandler, directory=str(wheelhouse))
+            try:
+                server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            except OSError as e:
+                raise FetchError(
+                    f"cannot serve the wheelhouse on 127.0.0.1:{port} ({e.strerror}; is another "
+                    "imagekit build running?); set another [pip] port in imagekit.toml") from None
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            entry = _servers[port] = [server, 0, wheelhouse]
+        elif entry[2] != wheelhouse:
+            raise FetchError(f"port {port} already serves the wheelhouse {entry[2]}")
+        entry[1] += 1
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
-        server.shutdown()
-        server.server_close()
+        with _servers_lock:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _servers[port]
+                entry[0].shutdown()
+                entry[0].server_close()

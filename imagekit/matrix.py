@@ -50,6 +50,11 @@ def versions(framework: str) -> list[str]:
     return list(load()["frameworks"][framework]["versions"])
 
 
+def default_version(framework: str) -> str:
+    fw = load()["frameworks"][framework]
+    return fw.get("default") or next(iter(fw["versions"]))
+
+
 def jupyter_pip() -> list[str]:
     return list(load()["jupyter"]["pip"])
 

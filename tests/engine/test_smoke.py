@@ -150,3 +150,56 @@ def test_smoke_of_unbuilt_image(session_project):
 def test_no_engine_for_smoke():
     r = imagekit("smoke", "ocr-cpu", env={"DOCKER_HOST": "tcp://127.0.0.1:9"})
     assert r.code == 5 and "no Docker engine answers at tcp://127.0.0.1:9" in r.stderr
+
+
+def _interrupt_when(proc, ready, limit=300):
+    import signal
+    import time
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            time.sleep(1)
+            proc.send_signal(signal.SIGINT)
+            return proc.wait(timeout=60)
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("never reached the point to interrupt")
+
+
+def test_ctrl_c_during_smoke_removes_everything(mxnet_image, child_of, docker_api):
+    import subprocess
+    import sys
+    built = child_of(mxnet_image, "ctrl-c", {
+        "train": {"command": "python -c 'import time; time.sleep(3600)'"},
+        "smoke": {"framework_check": False, "timeout": 600}})
+    proc = subprocess.Popen([sys.executable, "-m", "imagekit", "-C", str(built.project.root),
+                             "smoke", built.name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    code = _interrupt_when(proc, lambda: bool(leftovers(docker_api)))
+    err = proc.stderr.read()
+    assert code == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert leftovers(docker_api) == []
+
+
+def test_ctrl_c_during_build_leaves_no_container(mxnet_image, session_project, docker_api):
+    import subprocess
+    import sys
+    name = unique("ctrl-c-build")
+    session_project.add(name, {"parent": mxnet_image.name, "apt": ["curl"], "tags": ["test"]})
+    proc = subprocess.Popen([sys.executable, "-m", "imagekit", "-C", str(session_project.root),
+                             "build", name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def building():
+        return bool(docker_api.containers(all=True, filters={"ancestor": mxnet_image.ref}))
+
+    code = _interrupt_when(proc, building)
+    assert code == 130, proc.stderr.read()
+    import time
+    for _ in range(30):  # the engine cancels the build when the client goes away
+        if not building():
+            break
+        time.sleep(1)
+    assert not building(), "the build's container was left behind"
+    assert docker_api.images(name=name) == []

@@ -17,9 +17,6 @@ ENV VIRTUAL_ENV=/opt/venv \
 RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 tensorflow==2.21.0
 ENV TF_CPP_MIN_LOG_LEVEL=1
 
-# Other Python packages (framework pins repeated so nothing replaces them)
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 tensorflow==2.21.0 pillow==12.1.0
-
 ENV OCR_DATA_DIR="/data/data"
 
 WORKDIR /opt/ocr
@@ -39,4 +36,4 @@ LABEL org.opencontainers.image.title="ocr-cpu" \
       io.imagekit.cuda="" \
       io.imagekit.cudnn="" \
       io.imagekit.jupyter="false" \
-      io.imagekit.spec.digest="sha256:5cd495a61c287c99260304fbb78586d3800ae3bc3d29e101dc490f22c0f54e3f"
+      io.imagekit.spec.digest="sha256:510424c524608dab6f76fbb57947e157eca526977c627df7d14693eae86840c0"

@@ -21,9 +21,6 @@ ENV TF_CPP_MIN_LOG_LEVEL=1
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-# Other Python packages (framework pins repeated so nothing replaces them)
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 'tensorflow[and-cuda]==2.21.0' pillow==12.1.0
-
 ENV OCR_DATA_DIR="/data/data"
 
 WORKDIR /opt/ocr
@@ -43,4 +40,4 @@ LABEL org.opencontainers.image.title="ocr-gpu" \
       io.imagekit.cuda="12.5" \
       io.imagekit.cudnn="9.3" \
       io.imagekit.jupyter="false" \
-      io.imagekit.spec.digest="sha256:e3dc6ec6f3f9c874010d0f78190d0f1a61eb4f51ce29c000f5a9cb009fe9cd49"
+      io.imagekit.spec.digest="sha256:2774a8630c3f91628b152c0ed0b376628c79d83dd1b94bfb35e2cf743e3f55cf"

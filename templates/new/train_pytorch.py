@@ -1,0 +1,43 @@
+"""Starter training script: replace the model and data with your own.
+
+Keeps the contract `imagekit smoke` checks: --steps is the total step count to
+reach, checkpoints go to --output-dir, and a second run resumes from them."""
+
+import argparse
+import os
+
+import torch
+
+p = argparse.ArgumentParser()
+p.add_argument("--data-dir", default="/data/data")
+p.add_argument("--output-dir", default="/data/output")
+p.add_argument("--steps", type=int, default=1000)
+p.add_argument("--lr", type=float, default=0.05)
+args = p.parse_args()
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+print(f"device: {device}")
+torch.manual_seed(0)
+x = torch.randn(512, 8, device=device)
+y = x @ torch.arange(1.0, 9.0, device=device).unsqueeze(1) + 0.5
+model = torch.nn.Linear(8, 1).to(device)
+opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+ckpt = os.path.join(args.output_dir, "checkpoint.pt")
+step = 0
+if os.path.exists(ckpt):
+    state = torch.load(ckpt, map_location=device)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    step = state["step"]
+    print(f"resumed from step {step}")
+while step < args.steps:
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    step += 1
+    if step % 10 == 0 or step == args.steps:
+        print(f"step {step} loss {loss.item():.4f}")
+os.makedirs(args.output_dir, exist_ok=True)
+torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+print(f"saved checkpoint at step {step}")

@@ -1,0 +1,41 @@
+# Rendered by imagekit 0.1.0 from images/objdetect-tf-gpu/image.yaml - edit the spec, not this file.
+FROM imagekit/base:bookworm
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Python 3.11 in a virtual environment at /opt/venv
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# TensorFlow 2.21.0 (GPU, CUDA 12.5 / cuDNN 9.3 from pip)
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 'tensorflow[and-cuda]==2.21.0'
+ENV TF_CPP_MIN_LOG_LEVEL=1
+
+# GPU: the NVIDIA container runtime injects the driver; CUDA 12.5 comes from the framework's wheels
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+WORKDIR /opt/objdetect
+
+# Training code: the last layer, the only one a code change rebuilds
+COPY code/ /opt/objdetect/
+
+LABEL org.opencontainers.image.title="objdetect-tf-gpu" \
+      org.opencontainers.image.description="TensorFlow object detection from a pipeline config (GPU)" \
+      org.opencontainers.image.version="v1.0" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      io.imagekit.name="objdetect-tf-gpu" \
+      io.imagekit.framework="tensorflow" \
+      io.imagekit.framework.version="2.21.0" \
+      io.imagekit.device="gpu" \
+      io.imagekit.python="3.11" \
+      io.imagekit.cuda="12.5" \
+      io.imagekit.cudnn="9.3" \
+      io.imagekit.jupyter="false" \
+      io.imagekit.spec.digest="sha256:f1299149f35d63b3578114ba00cda52a432457f3dd9a417ff04198f986365f46"
