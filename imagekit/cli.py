@@ -254,14 +254,15 @@ def build(
 
     result = {}
     with Display(state.output, state.verbose) as d:
+        gpu_note = "GPU image and this engine has no GPU (name it, or --include-gpu)"
         for p in left_out:
-            d.show(Skipped(p.name, "GPU image and this engine has no GPU "
-                                   "(name it, or use --include-gpu, to build it anyway)"))
+            d.show(Skipped(p.name, gpu_note))
         for ev in build_stage.build_graph(plans, project, engine, jobs=jobs,
                                           after=after if smoke else None):
             if ev.kind == "result" and ev.stage == "graph":
                 result = ev.data["images"]
             d.show(ev)
+    result.update({p.name: {"status": "skipped", "reason": gpu_note} for p in left_out})
     failed = {n: r for n, r in result.items() if r["status"] == "failed"}
     if len(result) > 1 or failed:
         d.summary(result)
@@ -320,6 +321,132 @@ def base_bootstrap(
     with Display(state.output, state.verbose) as d:
         for ev in base.bootstrap(project, engine, force=force):
             d.show(ev)
+
+
+@app.command()
+def push(
+    name: Annotated[str, typer.Argument(help="Image name.")],
+    to: Annotated[list[str] | None, typer.Option(
+        "--to", metavar="REGISTRY/NAMESPACE",
+        help="Where to push (repeat for several, pushed at once); default: the spec's "
+        "push.registries.")] = None,
+    tag: Annotated[str | None, typer.Option(
+        "--tag", help="Tag to push as (default: the spec's first tag).")] = None,
+    repository: Annotated[str | None, typer.Option(
+        "--repository", help="Repository name (default: the spec's push.repository, else NAME).")]
+    = None,
+    username: Annotated[str | None, typer.Option(
+        "--username", "-u", help="Registry user; the password comes from --password-stdin.")]
+    = None,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the registry password from stdin (with --username).")]
+    = False,
+    no_smoke_gate: Annotated[bool, typer.Option(
+        "--no-smoke-gate", help="Push even if this image ID has not passed its smoke test "
+        "(the output says so).")] = False,
+    retries: Annotated[int, typer.Option(
+        "--retries", min=0, max=10, help="Retries after a transient failure (connection reset, "
+        "5xx), with backoff; an authentication failure is never retried.")] = 3,
+) -> None:
+    """Retag the built image into each registry namespace, push them all at once,
+    and report the manifest digest of each (read back from the registry)."""
+    from . import push as push_stage
+    project = state.project
+    password = None
+    if password_stdin:
+        if not username:
+            raise typer.BadParameter("--password-stdin needs --username")
+        password = sys.stdin.read().rstrip("\r\n")
+    elif username:
+        raise typer.BadParameter("--username needs --password-stdin (a password is never "
+                                 "taken as an argument)")
+    creds = push_stage.credentials(username, password)
+    engine = Engine.connect()
+    _publish(push_stage.push(project, name, engine, to=to, tag=tag, repository=repository,
+                             smoke_gate=not no_smoke_gate, creds=creds, retries=retries))
+
+
+@app.command()
+def save(
+    name: Annotated[str, typer.Argument(help="Image name.")],
+    zip_: Annotated[bool, typer.Option(
+        "--zip", help="A real ZIP holding NAME-TAG.tar (the default): unzip and imagekit "
+        "load read it.")] = False,
+    zip_compat: Annotated[bool, typer.Option(
+        "--zip-compat", help="A plain tar named .zip, what `docker save -o x.zip` makes "
+        "(for platforms that expect exactly that).")] = False,
+    tar: Annotated[bool, typer.Option("--tar", help="A plain tar (fastest, largest).")] = False,
+    gz: Annotated[bool, typer.Option(
+        "--gz", help="A gzip'd tar (.tar.gz); `docker load -i` reads it as it is.")] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Archive path (default: NAME-TAG.zip / .tar / .tar.gz here).")]
+    = None,
+    tag: Annotated[str | None, typer.Option(
+        "--tag", help="Which tag to save (default: the spec's first tag).")] = None,
+) -> None:
+    """Save a built image to one archive, streamed from the engine, written whole
+    or not at all, with a sha256 sidecar and a manifest beside it."""
+    from . import save as save_stage
+    chosen = [f for f, on in (("zip", zip_), ("zip-compat", zip_compat), ("tar", tar),
+                              ("gz", gz)) if on]
+    if len(chosen) > 1:
+        raise typer.BadParameter("choose one of --zip, --zip-compat, --tar, --gz")
+    project = state.project
+    engine = Engine.connect()
+    _publish(save_stage.save(project, name, engine, fmt=chosen[0] if chosen else "zip",
+                             output=output, tag=tag))
+
+
+@app.command()
+def load(
+    path: Annotated[Path, typer.Argument(help="An archive from `imagekit save` or `docker "
+                                              "save`: .zip, .tar or .tar.gz.")],
+) -> None:
+    """Load an image archive into the engine: checks the sha256 sidecar first and
+    the image ID against the manifest when they are there."""
+    from . import save as save_stage
+    engine = Engine.connect()
+    _publish(save_stage.load(path, engine))
+
+
+def _publish(events) -> None:
+    """Show a publish stage's events; close the stage on every way out so that it
+    removes what it had half made (temporary files) even on Ctrl-C."""
+    from contextlib import closing
+    with Display(state.output, state.verbose) as d, closing(events):
+        for ev in events:
+            d.show(ev)
+
+
+@app.command("inspect")
+def inspect_(name: Annotated[str, typer.Argument(help="Image name (or any image reference).")],
+             top: Annotated[int, typer.Option(help="How many wasted paths to list.")] = 5) -> None:
+    """Size per layer, wasted bytes and where they come from, Python packages, labels."""
+    from .inspect import inspect
+    project = state.project
+    ref = name
+    if ":" not in name and project.catalog.path(name).is_file():
+        ref = project.catalog.get(name).image_ref()
+    report = inspect(Engine.connect(), ref)
+    if state.output == "json":
+        import json
+        print(json.dumps(report, indent=2))
+        return
+    mb = 1e6
+    out.print(f"{report['image']}  {report['image_id'][:19]}  {report['total_bytes'] / mb:.1f} MB "
+              f"in {len(report['layers'])} layers; wasted {report['wasted_bytes'] / mb:.2f} MB, "
+              f"efficiency {100 * report['efficiency']:.2f}%")
+    table = Table("layer", "size MB", "wasted MB", "created by")
+    for i, layer in enumerate(report["layers"], 1):
+        table.add_row(str(i), f"{layer['size'] / mb:.1f}", f"{layer['wasted'] / mb:.2f}",
+                      layer["created_by"][:90])
+    out.print(table)
+    for w in report["top_wasted"][:top]:
+        out.print(f"  wasted {w['bytes'] / mb:8.2f} MB  {w['path']}")
+    pk = report["python_packages"]
+    out.print(f"python packages ({len(pk)}): " + ", ".join(f"{k}=={v}" for k, v in pk.items()))
+    for k, v in sorted(report["labels"].items()):
+        out.print(f"  label {k}={v}")
 
 
 @app.command()

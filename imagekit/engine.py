@@ -13,6 +13,7 @@ import docker
 import docker.auth
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from docker.types import DeviceRequest
 
 from .errors import EngineUnavailable, ImagekitError
@@ -179,12 +180,14 @@ class Engine:
             resp = self.api._get(self.api._url("/images/get"), params={"names": ref}, stream=True)
             self.api._raise_for_status(resp)
             try:
-                yield from resp.iter_content(chunk_size)
+                # whole blocks (iter_content would hand out the engine's 32 KiB HTTP chunks)
+                while block := resp.raw.read(chunk_size):
+                    yield block
             finally:
                 resp.close()
         except docker.errors.APIError as e:
             raise EngineError(f"export of {ref} failed: {_explain(e)}") from e
-        except requests.exceptions.RequestException as e:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
             raise EngineError(f"export of {ref} broke off: {_explain(e)}") from e
 
     def load(self, data: IO[bytes] | Iterator[bytes]) -> Iterator[dict]:

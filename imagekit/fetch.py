@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +79,12 @@ def fetch(plan: Plan, project: Project) -> Iterator[Event]:
     if project.config.pip.index_url:
         online += ["--index-url", project.config.pip.index_url]
     if plan.variant.pip_index:
-        online += ["--extra-index-url", plan.variant.pip_index]
+        if _reachable(plan.variant.pip_index):
+            online += ["--extra-index-url", plan.variant.pip_index]
+        else:
+            yield Warn(plan.name, f"{plan.variant.pip_index} does not answer; looking for "
+                                  f"{plan.framework}'s {plan.device.upper()} build on the "
+                                  "index and find-links only")
     online += reqs
     yield Info(plan.name, f"downloading {len(reqs)} requirements for Python {plan.python} "
                           f"into {wheelhouse}")
@@ -102,6 +109,17 @@ def fetch(plan: Plan, project: Project) -> Iterator[Event]:
     size = sum((wheelhouse / n).stat().st_size for n in new)
     yield Result(plan.name, "fetch", {"downloaded": len(new), "bytes": size,
                                       "wheelhouse": str(wheelhouse)})
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether anything answers at the URL's host and port (no request made)."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -124,10 +124,10 @@ def credentials(username: str | None = None, password: str | None = None,
     Docker config file (resolved per registry by the engine module)."""
     env = os.environ if environ is None else environ
     if username is not None or password is not None:
-        if not username or not password:
-            raise AuthError("--username and --password-stdin go together, and the password "
-                            "read from stdin was empty" if username else
-                            "--password-stdin needs --username")
+        if not username:
+            raise AuthError("--password-stdin needs --username")
+        if not password:
+            raise AuthError("the password read from stdin (--password-stdin) is empty")
         return Credentials(username, password, "--username/--password-stdin")
     user, pw = env.get(ENV_USER), env.get(ENV_PASSWORD)
     if user or pw:
@@ -229,7 +229,7 @@ def push(project: Project, name: str, engine: Engine, *, to: list[str] | None = 
                 continue
             if isinstance(item, _Done):
                 done.append(item)
-                if item.error is None:
+                if item.error is None and len(dests) > 1:
                     yield Info(name, f"pushed {item.dest.ref} digest {item.digest} (checked with "
                                      f"the registry; {item.attempts} attempt"
                                      f"{'s' if item.attempts > 1 else ''})")

@@ -61,3 +61,22 @@ def test_new_image_builds_and_passes_smoke(torch_image, session_project, docker_
         docker_api.remove_image(f"{name}:v1.0", force=True)
     again = session_project.run("new", name, "--framework", "pytorch")
     assert again.code == 3 and "already exists" in again.stderr
+
+
+def test_objdetect_training_resumes_in_a_cpu_build(tf_image, session_project, docker_api):
+    """objdetect-tf-gpu's code, smoke-tested through a CPU copy of its spec (the
+    TensorFlow layers come from the session's ocr-cpu image's cache)."""
+    name = unique("objdetect-cpu")
+    session_project.copy("objdetect-tf-gpu", name, device="cpu", tags=["test"])
+    assert session_project.run("fetch", name, timeout=900).code == 0
+    try:
+        r = session_project.run("--json", "build", name, "--smoke", timeout=1500)
+        assert r.code == 0, r.output[-3000:]
+        ev = _events(r)
+        built = next(e for e in ev if e["event"] == "built")
+        assert built["cached_steps"] >= 4  # OS, venv and TensorFlow layers reused
+        rep = next(e for e in ev if e["event"] == "result" and e["stage"] == "smoke")["data"]
+        assert rep["training"]["resumed_from"] == 20
+        assert any(f.endswith(".index") for f in rep["training"]["output_files"])
+    finally:
+        docker_api.remove_image(f"{name}:test", force=True)

@@ -1,0 +1,143 @@
+"""`imagekit inspect`: what is in an image, layer by layer: size, bytes that a
+later layer deletes or overwrites (wasted), Python packages, labels.
+
+Reads the engine's export as a stream: no container runs and nothing is
+written to disk."""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .engine import Engine
+from .errors import ImagekitError
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+DIST_INFO = re.compile(r"(?:^|/)site-packages/([^/]+)-([^/-]+)\.dist-info/METADATA$")
+
+
+@dataclass
+class Layer:
+    created_by: str = ""
+    size: int = 0
+    files: dict[str, int] = field(default_factory=dict)  # path -> size
+    deletes: list[str] = field(default_factory=list)     # whiteout targets
+    opaque: list[str] = field(default_factory=list)      # dirs emptied by this layer
+
+
+def _read_layer(fileobj) -> Layer:
+    layer = Layer()
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for m in tar:
+            path = m.name.removeprefix("./")
+            base = path.rsplit("/", 1)[-1]
+            parent = path[: -len(base)].rstrip("/")
+            if base == OPAQUE:
+                layer.opaque.append(parent)
+            elif base.startswith(WHITEOUT):
+                layer.deletes.append(f"{parent}/{base[len(WHITEOUT):]}".lstrip("/"))
+            elif m.isfile():
+                layer.files[path] = m.size
+                layer.size += m.size
+    return layer
+
+
+def _under(path: str, d: str) -> bool:
+    return path == d or path.startswith(d + "/")
+
+
+def analyse(layers: list[Layer]) -> dict:
+    """Bytes in each layer that a later layer deletes or overwrites."""
+    live: dict[str, tuple[int, int]] = {}  # path -> (layer index, size)
+    wasted = [0] * len(layers)
+    where: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        gone = [p for p in live if any(_under(p, d) for d in layer.deletes)
+                or any(_under(p, d) and p != d for d in layer.opaque)] \
+            if layer.deletes or layer.opaque else []
+        for p in gone:
+            j, size = live.pop(p)
+            wasted[j] += size
+            where[p] = where.get(p, 0) + size
+        for p, size in layer.files.items():
+            if p in live:
+                j, old = live[p]
+                wasted[j] += old
+                where[p] = where.get(p, 0) + old
+            live[p] = (i, size)
+    total = sum(layer.size for layer in layers)
+    waste = sum(wasted)
+    top = sorted(where.items(), key=lambda kv: -kv[1])[:10]
+    return {"total_bytes": total, "wasted_bytes": waste,
+            "efficiency": 1.0 if total == 0 else round(1 - waste / total, 6),
+            "wasted_per_layer": wasted, "top_wasted": [{"path": p, "bytes": b} for p, b in top]}
+
+
+def inspect(engine: Engine, ref: str) -> dict:
+    image = engine.image(ref)
+    if image is None:
+        raise ImagekitError(f"image {ref} is not in the engine; build or load it first")
+    by_dir: dict[str, Layer] = {}
+    jsons: dict[str, bytes] = {}
+    outer = tarfile.open(fileobj=_Stream(engine.save(ref)), mode="r|")
+    for m in outer:
+        if m.name.endswith("layer.tar") and m.isfile():
+            by_dir[m.name] = _read_layer(outer.extractfile(m))
+        elif m.name.endswith(".json") and m.isfile() and m.size < 10_000_000:
+            jsons[m.name] = outer.extractfile(m).read()
+    if "manifest.json" not in jsons:
+        raise ImagekitError(f"the engine's export of {ref} has no manifest.json")
+    manifest = json.loads(jsons["manifest.json"])[0]
+    layers = [by_dir.get(name, Layer()) for name in manifest["Layers"]]
+    config = json.loads(jsons.get(manifest["Config"], b"{}"))
+    steps = [h.get("created_by", "") for h in config.get("history", [])
+             if not h.get("empty_layer")]
+    if len(steps) == len(layers):
+        for layer, step in zip(layers, steps, strict=True):
+            for shell in ("/bin/bash -o pipefail -c ", "/bin/sh -c "):
+                step = step.removeprefix(shell)
+            layer.created_by = " ".join(step.removeprefix("#(nop) ").split())
+    result = analyse(layers)
+    packages = {}
+    for layer in layers:
+        for p in layer.files:
+            m = DIST_INFO.search(p)
+            if m:
+                packages[m[1].replace("_", "-").lower()] = m[2]
+    return {
+        "image": ref, "image_id": image["Id"], "size": image.get("Size", 0),
+        "layers": [{"size": layer.size, "wasted": w, "created_by": layer.created_by[:200]}
+                   for layer, w in zip(layers, result.pop("wasted_per_layer"), strict=True)],
+        **result,
+        "python_packages": dict(sorted(packages.items())),
+        "labels": (image.get("Config") or {}).get("Labels") or {},
+    }
+
+
+class _Stream:
+    """A file-like reader over an iterator of byte chunks (for tarfile's r| mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks = iter(chunks)
+        self.chunk = b""
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        while n != 0:
+            if self.pos >= len(self.chunk):
+                try:
+                    self.chunk, self.pos = next(self.chunks), 0
+                except StopIteration:
+                    break
+                continue
+            take = len(self.chunk) - self.pos if n < 0 else min(n, len(self.chunk) - self.pos)
+            parts.append(self.chunk[self.pos:self.pos + take])
+            self.pos += take
+            if n > 0:
+                n -= take
+        return b"".join(parts)

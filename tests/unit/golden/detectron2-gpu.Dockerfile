@@ -1,0 +1,43 @@
+# Rendered by imagekit 0.1.0 from images/detectron2-gpu/image.yaml - edit the spec, not this file.
+FROM imagekit/base:bookworm
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Python 3.11 in a virtual environment at /opt/venv
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# PyTorch 2.13.0 (GPU, CUDA 13.0 / cuDNN 9.20 from pip)
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch===2.13.0
+
+# GPU: the NVIDIA container runtime injects the driver; CUDA 13.0 comes from the framework's wheels
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# Other Python packages (framework pins repeated so nothing replaces them)
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch===2.13.0 pyyaml==6.0.3 numpy==2.4.6
+
+WORKDIR /opt/detectron2
+
+# Training code: the last layer, the only one a code change rebuilds
+COPY code/ /opt/detectron2/
+
+LABEL org.opencontainers.image.title="detectron2-gpu" \
+      org.opencontainers.image.description="Detectron2-style detection training with PyTorch (GPU)" \
+      org.opencontainers.image.version="v1.0" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      io.imagekit.name="detectron2-gpu" \
+      io.imagekit.framework="pytorch" \
+      io.imagekit.framework.version="2.13.0" \
+      io.imagekit.device="gpu" \
+      io.imagekit.python="3.11" \
+      io.imagekit.cuda="13.0" \
+      io.imagekit.cudnn="9.20" \
+      io.imagekit.jupyter="false" \
+      io.imagekit.spec.digest="sha256:dc41dda07dfa1710d666beca4f600421b9d369ca195f01fb7600d3e3762d5d4c"
