@@ -62,7 +62,7 @@ def _walk(root: Path) -> Iterator[Path]:
             yield from _walk(p)
 
 
-def build(plan: Plan, project: Project, engine: Engine) -> Iterator[Event]:
+def build(plan: Plan, project: Project, engine: Engine, nocache: bool = False) -> Iterator[Event]:
     """Build one image (its parent must exist already). Yields events; the
     last one is Built. Raises BuildError with the failing step and log tail."""
     name = plan.name
@@ -86,7 +86,7 @@ def build(plan: Plan, project: Project, engine: Engine) -> Iterator[Event]:
             stack.enter_context(fetch.serve(project.wheelhouse, project.config.pip.port))
             network = "host"
         try:
-            for item in engine.build(ctx, refs[0], network_mode=network):
+            for item in engine.build(ctx, refs[0], network_mode=network, nocache=nocache):
                 if "stream" in item:
                     for line in item["stream"].splitlines():
                         line = line.rstrip()
@@ -195,7 +195,7 @@ def graph(plans: list[Plan]) -> list[Plan]:
 
 
 def build_graph(plans: list[Plan], project: Project, engine: Engine, *, jobs: int = 2,
-                after=None) -> Iterator[Event]:
+                after=None, nocache: bool = False) -> Iterator[Event]:
     """Build plans and their ancestors in dependency order, independent ones in
     parallel (up to `jobs`). `after(plan)` may yield more events for a built
     image (the smoke test); an error there fails the image like a build error.
@@ -222,7 +222,7 @@ def build_graph(plans: list[Plan], project: Project, engine: Engine, *, jobs: in
 
     def work(plan: Plan) -> None:
         try:
-            for ev in build(plan, project, engine):
+            for ev in build(plan, project, engine, nocache=nocache):
                 if cancel.is_set():
                     raise Interrupted("cancelled")
                 events.put(ev)

@@ -238,6 +238,7 @@ def build(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Images built at once.")] = 2,
     include_gpu: Annotated[bool, typer.Option(
         "--include-gpu", help="With --all: also GPU images when the engine has no GPU.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Build every layer anew.")] = False,
 ) -> None:
     """Render and build images (and their catalog parents, first) through the
     Docker engine, independent ones in parallel, with live progress."""
@@ -257,7 +258,7 @@ def build(
         gpu_note = "GPU image and this engine has no GPU (name it, or --include-gpu)"
         for p in left_out:
             d.show(Skipped(p.name, gpu_note))
-        for ev in build_stage.build_graph(plans, project, engine, jobs=jobs,
+        for ev in build_stage.build_graph(plans, project, engine, jobs=jobs, nocache=no_cache,
                                           after=after if smoke else None):
             if ev.kind == "result" and ev.stage == "graph":
                 result = ev.data["images"]

@@ -81,10 +81,10 @@ class Engine:
 
     # -- build -------------------------------------------------------------
     def build(self, context: IO[bytes], tag: str, *, network_mode: str | None = None,
-              pull: bool = False) -> Iterator[dict]:
+              pull: bool = False, nocache: bool = False) -> Iterator[dict]:
         try:
             yield from self.api.build(
-                fileobj=context, custom_context=True, encoding=None, tag=tag,
+                fileobj=context, custom_context=True, encoding=None, tag=tag, nocache=nocache,
                 rm=True, forcerm=True, decode=True, pull=pull, network_mode=network_mode)
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
             raise EngineError(f"build request failed: {_explain(e)}") from e
@@ -100,9 +100,11 @@ class Engine:
 
     # -- containers --------------------------------------------------------
     @contextlib.contextmanager
-    def volume(self, name: str) -> Iterator[str]:
-        """A named volume (works with remote engines too), removed on every way out."""
-        self._call(self.api.create_volume, name=name, labels={"io.imagekit.owned": "true"})
+    def volume(self, name: str, owner: str = "") -> Iterator[str]:
+        """A named volume (works with remote engines too), removed on every way out.
+        `owner` (the image it serves) is kept in a label."""
+        self._call(self.api.create_volume, name=name,
+                   labels={"io.imagekit.owned": "true", "io.imagekit.for": owner})
         try:
             yield name
         finally:
@@ -126,7 +128,7 @@ class Engine:
             created = self._call(
                 self.api.create_container, image, command=command, name=name,
                 environment=env or {}, host_config=host_config, working_dir=workdir,
-                labels={"io.imagekit.owned": "true"})
+                labels={"io.imagekit.owned": "true", "io.imagekit.for": image})
             cid = created["Id"]
             if files:
                 self._call(self.api.put_archive, cid, "/", files)

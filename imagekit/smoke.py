@@ -239,8 +239,8 @@ def _training(plan, engine, ref, log, use_gpu, steps, timeout):
     m = plan.spec.model
     uid = uuid.uuid4().hex[:8]
     result: dict = {"steps": steps, "runs": []}
-    with engine.volume(f"imagekit-smoke-{uid}-data") as data, \
-            engine.volume(f"imagekit-smoke-{uid}-output") as output:
+    with engine.volume(f"imagekit-smoke-{uid}-data", ref) as data, \
+            engine.volume(f"imagekit-smoke-{uid}-output", ref) as output:
         volumes = {data: m.smoke.data_dir, output: m.smoke.output_dir}
         runs = [(steps, "")]
         if m.smoke.resume:
@@ -306,8 +306,8 @@ def _notebook(plan, engine, ref, log, timeout):
     )
     yield Info(name, f"notebook: starting JupyterLab with {j.base_url_env}={base}, "
                      "/code and /dataset mounted empty")
-    with engine.volume(f"imagekit-smoke-{uid}-code") as code, \
-            engine.volume(f"imagekit-smoke-{uid}-dataset") as dataset, \
+    with engine.volume(f"imagekit-smoke-{uid}-code", ref) as code, \
+            engine.volume(f"imagekit-smoke-{uid}-dataset", ref) as dataset, \
             engine.container(ref, None, name=f"imagekit-smoke-{uid}-lab",
                              volumes={code: "/code", dataset: "/dataset"},
                              env={j.base_url_env: base}) as cid:

@@ -83,10 +83,12 @@ class Project:
 
 
 
-def leftovers(docker_api) -> list[str]:
-    """Containers and volumes imagekit made that still exist."""
-    cs = docker_api.containers(all=True, filters={"label": "io.imagekit.owned=true"})
-    vs = docker_api.volumes(filters={"label": "io.imagekit.owned=true"}).get("Volumes") or []
+def leftovers(docker_api, ref: str) -> list[str]:
+    """Containers and volumes imagekit made for this image that still exist
+    (other imagekit runs on the same engine do not count)."""
+    label = {"label": f"io.imagekit.for={ref}"}
+    cs = docker_api.containers(all=True, filters=label)
+    vs = docker_api.volumes(filters=label).get("Volumes") or []
     return [c["Id"][:12] for c in cs] + [v["Name"] for v in vs]
 
 

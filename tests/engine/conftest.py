@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import docker
 import pytest
-from helpers import Project, imagekit, leftovers, unique
+from helpers import Project, imagekit, unique
 
 pytestmark = pytest.mark.engine
 
@@ -108,10 +108,4 @@ def child_of(session_project, docker_api):
     yield make
     for ref in made:
         remove_image(docker_api, ref)
-
-
-@pytest.fixture
-def no_leftovers(docker_api):
-    yield
-    assert leftovers(docker_api) == [], "containers or volumes were left behind"
 

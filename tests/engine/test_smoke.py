@@ -24,9 +24,10 @@ def _report(r):
 @pytest.mark.parametrize("fixture,framework", [("tf_image", "tensorflow"),
                                                ("torch_image", "pytorch"),
                                                ("mxnet_image", "mxnet")])
-def test_framework_check_and_own_training(request, fixture, framework, no_leftovers):
+def test_framework_check_and_own_training(request, fixture, framework, docker_api):
     built = request.getfixturevalue(fixture)
     r = _smoke(built)
+    assert leftovers(docker_api, built.ref) == []
     assert r.code == 0, r.output[-3000:]
     rep = _report(r)
     fc = rep["framework_check"]
@@ -42,8 +43,9 @@ def test_framework_check_and_own_training(request, fixture, framework, no_leftov
     assert json.loads(rec.read_text())["smoke"]["passed"] is True
 
 
-def test_rich_summary_names_device_loss_and_speed(mxnet_image, no_leftovers):
+def test_rich_summary_names_device_loss_and_speed(mxnet_image, docker_api):
     r = mxnet_image.project.run("smoke", mxnet_image.name, "--steps", "5", timeout=900)
+    assert leftovers(docker_api, mxnet_image.ref) == []
     assert r.code == 0, r.output[-2000:]
     assert "on cpu" in r.stdout and "loss" in r.stdout and "steps/s" in r.stdout
     assert "log " in r.stdout
@@ -82,11 +84,10 @@ def test_broken_images_fail_clearly(mxnet_image, child_of, docker_api, case):
     for w in words:
         assert w in first, (w, first)
     assert "Traceback" not in r.output
-    assert leftovers(docker_api) == []
+    assert leftovers(docker_api, built.ref) == []
 
 
-def test_gpu_image_on_cpu_engine_says_so(mxnet_image, session_project, docker_api,
-                                         no_leftovers):
+def test_gpu_image_on_cpu_engine_says_so(mxnet_image, session_project, docker_api):
     """A spec with device: gpu, built here from the local wheelhouse (whose
     torch is the CPU build), smoke-tested on an engine with no GPU."""
     if Engine.connect().gpu_capable():
@@ -109,6 +110,7 @@ def test_gpu_image_on_cpu_engine_says_so(mxnet_image, session_project, docker_ap
         assert r.code == 9, r.output
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "--gpu require" in lines[0] and "no GPU" in lines[0]
+        assert leftovers(docker_api, f"{name}:test") == []
     finally:
         docker_api.remove_image(f"{name}:test", force=True)
 
@@ -128,7 +130,7 @@ def test_gpu_training_when_the_engine_has_one(session_project, docker_api, base_
         docker_api.remove_image(f"{name}:test", force=True)
 
 
-def test_notebook_answers_under_base_url(torch_image, child_of, no_leftovers):
+def test_notebook_answers_under_base_url(torch_image, child_of, docker_api):
     nb = child_of(torch_image, "notebook", {
         "jupyter": {"enabled": True, "base_url_env": "PUMPKIN_JPY_BASE_URL",
                     "notebook_dir": "/code"}})
@@ -137,6 +139,7 @@ def test_notebook_answers_under_base_url(torch_image, child_of, no_leftovers):
     rep = _report(r)["notebook"]
     assert rep["lab"] == 200 and rep["api_status"] == 200
     assert rep["url"] == "/imagekit/smoke/lab"
+    assert leftovers(docker_api, nb.ref) == []
 
 
 def test_smoke_of_unbuilt_image(session_project):
@@ -175,11 +178,11 @@ def test_ctrl_c_during_smoke_removes_everything(mxnet_image, child_of, docker_ap
     proc = subprocess.Popen([sys.executable, "-m", "imagekit", "-C", str(built.project.root),
                              "smoke", built.name], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    code = _interrupt_when(proc, lambda: bool(leftovers(docker_api)))
+    code = _interrupt_when(proc, lambda: bool(leftovers(docker_api, built.ref)))
     err = proc.stderr.read()
     assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert leftovers(docker_api) == []
+    assert leftovers(docker_api, built.ref) == []
 
 
 def test_ctrl_c_during_build_leaves_no_container(mxnet_image, session_project, docker_api):

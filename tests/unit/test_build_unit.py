@@ -21,7 +21,7 @@ class FakeEngine:
         self.images = {}
         self.tagged = []
 
-    def build(self, context, tag, network_mode=None, pull=False):
+    def build(self, context, tag, network_mode=None, pull=False, nocache=False):
         self.context = context.getvalue()
         self.network_mode = network_mode
         yield from self.stream

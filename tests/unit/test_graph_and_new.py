@@ -22,7 +22,7 @@ class GraphEngine:
         self.images = {}
         self.built = []
 
-    def build(self, context, tag, network_mode=None, pull=False):
+    def build(self, context, tag, network_mode=None, pull=False, nocache=False):
         text = context.getvalue().decode(errors="replace")
         yield {"stream": "Step 1/1 : FROM x\n"}
         if "fail-me" in text:
