@@ -38,8 +38,12 @@ lint: install
 	$(VENV)/bin/ruff check imagekit tests
 	$(IMAGEKIT) lint --all
 
-bench: install engine
-	$(PY) bench/run.py
+# imagekit against the plain docker CLI, measured side by side -> BENCHMARKS.md
+# (slow: about 45 min; BENCH_ARGS=--quick checks the harness in a few minutes).
+bench: base
+	@command -v zip >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zip >/dev/null; }
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .imagekit

@@ -468,7 +468,13 @@ def exit_codes_table() -> str:
     return "\n".join(f"{code:>4}  {what}" for code, what in EXIT_CODES)
 
 
+def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C does
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+    signal.signal(signal.SIGTERM, _terminate)
     debug = bool(os.environ.get("IMAGEKIT_DEBUG"))
     try:
         rv = app(standalone_mode=False, prog_name="imagekit")

@@ -38,8 +38,10 @@ def test_framework_check_and_own_training(request, fixture, framework, docker_ap
     assert tr["output_files"]
     assert rep["passed"] is True
     # stored with the build record, keyed by image ID
+    image_id = docker_api.inspect_image(built.ref)["Id"]
+    assert rep["image_id"] == image_id
     rec = built.project.root / ".imagekit" / "builds" / \
-        f"{built.image_id.removeprefix('sha256:')[:16]}.json"
+        f"{image_id.removeprefix('sha256:')[:16]}.json"
     assert json.loads(rec.read_text())["smoke"]["passed"] is True
 
 

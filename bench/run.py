@@ -1,0 +1,550 @@
+#!/usr/bin/env python3
+"""imagekit against the plain docker CLI doing the same work, both measured in one
+run (issue 6); writes BENCHMARKS.md. See bench/README.md.
+
+Everything the harness makes (projects, images, registries, files) has a unique
+name and is removed at the end, on failure and on Ctrl-C too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from imagekit import fetch
+from imagekit.config import load_project
+from imagekit.errors import ImagekitError
+
+REPO = Path(__file__).resolve().parent.parent
+PORT = 17313   # the bench projects' wheelhouse port; the catalog's own (17311) stays free
+REGISTRY = REPO / "tests" / "engine" / "registry"
+USER, PASSWORD = "imagekit-test", "not-a-real-secret-4711"   # test-only, baked into registry/
+TITLES = {"save": "1. Save to one archive", "rebuild": "2. Rebuild after a code-only change",
+          "all": "3. `imagekit build --all` against sequential `docker build`",
+          "push": "4. Push to two registries", "smoke": "5. Smoke-test overhead",
+          "inspect": "6. Image efficiency"}
+q = shlex.quote
+
+
+class BenchError(Exception):
+    pass
+
+
+def fmt(v: float, unit: str) -> str:
+    return f"{v:.2f} s" if unit == "s" else f"{v / 1e6:.1f} MB"
+
+
+@dataclass
+class Row:
+    what: str
+    unit: str                        # "s" or "B"
+    a: list[float]                   # imagekit's runs
+    b: list[float]                   # the baseline's runs
+    max_ratio: float | None = None   # goal: median a / median b at most this
+    max_diff: float | None = None    # goal: median a - median b under this
+
+    def ratio(self) -> float:
+        return statistics.median(self.a) / statistics.median(self.b)
+
+    def diff(self) -> float:
+        return statistics.median(self.a) - statistics.median(self.b)
+
+    def goal(self) -> tuple[str, str, str, bool] | None:
+        """(goal, short goal, measured, met)"""
+        if self.max_ratio is not None:
+            r = self.ratio()
+            return (f"{self.what}: at most {self.max_ratio:g}×", f"≤ {self.max_ratio:g}×",
+                    f"{r:.2f}×", r <= self.max_ratio)
+        if self.max_diff is not None:
+            d, limit = self.diff(), fmt(self.max_diff, self.unit)
+            return (f"{self.what}: under {limit} more", f"< {limit} more",
+                    f"{fmt(d, self.unit)} more", d < self.max_diff)
+        return None
+
+
+@dataclass
+class Section:
+    key: str
+    sides: tuple[str, str] = ("imagekit", "docker CLI")
+    commands: list[tuple[str, str]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    table: list[str] = field(default_factory=list)                      # inspect's own table
+    goals: list[tuple[str, str, str, bool]] = field(default_factory=list)   # besides the rows'
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def all_goals(self) -> list[tuple[str, str, str, bool]]:
+        return [g for g in (r.goal() for r in self.rows) if g] + self.goals
+
+
+def dir_bytes(d: Path) -> int:
+    total = 0
+    for e in os.scandir(d):
+        try:
+            total += e.stat().st_size
+        except FileNotFoundError:   # a temporary file renamed meanwhile
+            pass
+    return total
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.id = "bk" + uuid.uuid4().hex[:8]
+        self.src = load_project(args.project)
+        spec = self.src.catalog.get(args.image)
+        self.image, self.ref = spec.name, spec.image_ref()
+        self.work = Path(tempfile.mkdtemp(prefix=f"ikbench-{self.id}-", dir=args.workdir))
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self.ids: list[str] = []     # images the bench built, removed at the end
+        self.refs: list[str] = []    # tags it added to existing images, untagged at the end
+        self.compose: list[list[str]] = []
+        self.projects: dict[str, Path] = {}
+
+    # -- running things --------------------------------------------------------------
+    def sh(self, cmd: str, cwd: Path | None = None, input: str | None = None) -> tuple[float, str]:
+        """Run one shell command line, as BENCHMARKS.md shows it: (wall time, stdout)."""
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, shell=True, cwd=cwd, input=input, capture_output=True, text=True,
+                           env=self.env)
+        secs = time.perf_counter() - t0
+        if p.returncode != 0:
+            tail = " | ".join((p.stdout + p.stderr).strip().splitlines()[-4:])
+            raise BenchError(f"`{self.show(cmd)}` exited {p.returncode}: {tail}")
+        return secs, p.stdout
+
+    def time(self, cmd: str, **kw) -> float:
+        return self.sh(cmd, **kw)[0]
+
+    def timed_disk(self, cmd: str, d: Path) -> tuple[float, int]:
+        """Wall time, and the peak size of folder d (polled every 0.1 s) while cmd runs there."""
+        peak, stop = [0], threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(0.1):
+                peak[0] = max(peak[0], dir_bytes(d))
+
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        try:
+            secs = self.time(cmd, cwd=d)
+        finally:
+            stop.set()
+            t.join()
+        return secs, max(peak[0], dir_bytes(d))
+
+    def compare(self, what: str, sides: list[str], one) -> dict[str, list]:
+        """one(side, run) for every run and side, alternating which side goes first."""
+        got: dict[str, list] = {s: [] for s in sides}
+        for i in range(self.args.runs):
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                got[side].append(v := one(side, i))
+                log(f"{what} run {i + 1}/{self.args.runs}: {side}: {v[0] if isinstance(v, tuple) else v} s")
+        return got
+
+    def show(self, cmd: str) -> str:
+        return cmd.replace(str(self.work), "$W").replace(str(REPO), "$REPO")
+
+    def image_id(self, ref: str) -> str | None:
+        p = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref],
+                           capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    def built(self, *refs: str) -> None:
+        self.ids += [i for i in map(self.image_id, refs) if i and i not in self.ids]
+
+    def remove_built(self) -> None:
+        for _ in range(2):   # newest first; a second pass for parents a child held
+            if self.ids:
+                subprocess.run(["docker", "rmi", "-f", *reversed(self.ids)], capture_output=True)
+        self.ids = [i for i in self.ids if self.image_id(i)]
+
+    def ik(self, root: Path | None = None) -> str:
+        return f"imagekit -C {q(str(root or self.src.root))}"
+
+    def ensure_built(self, name: str) -> None:
+        """A catalog image, built in its own project if missing (a fresh clone)."""
+        if not self.image_id(self.src.catalog.get(name).image_ref()):
+            log(f"{name} is not built here: fetching and building it first")
+            self.sh(f"{self.ik()} fetch {name} && {self.ik()} build {name}")
+
+    # -- throwaway projects ------------------------------------------------------------
+    def project(self, key: str) -> Path:
+        """A project beside the catalog: its config with the wheelhouse made absolute and
+        served on the bench's port; specs are copied in under new names."""
+        if key not in self.projects:
+            root = self.projects[key] = self.work / key
+            (root / "images").mkdir(parents=True)
+            cfg = self.src.config_path.read_text() if self.src.config_path else ""
+            if self.src.wheelhouse is not None:
+                cfg = re.sub(r"(?m)^port\s*=.*\n?", "", cfg)
+                cfg = re.sub(r"(?m)^wheelhouse\s*=.*$", f"wheelhouse = {json.dumps(str(self.src.wheelhouse))}"
+                             f"\nport = {PORT}", cfg)
+            (root / "imagekit.toml").write_text(cfg)
+        return self.projects[key]
+
+    def copy_spec(self, root: Path, name: str) -> str:
+        """Copy a catalog spec (its code and parents too) into root as <id>-<name>:bench."""
+        new = f"{self.id}-{name}"
+        d = root / "images" / new
+        if not d.exists():
+            spec = self.src.catalog.get(name)
+            data = {**yaml.safe_load(spec.path.read_text()), "name": new, "tags": ["bench"]}
+            if data.get("parent"):
+                data["parent"] = self.copy_spec(root, data["parent"])
+            d.mkdir(parents=True)
+            if spec.code_dir is not None:
+                shutil.copytree(spec.code_dir.resolve(), d / "code",
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                data["code"]["src"] = "code"
+            (d / "image.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        return new
+
+    # -- 1. save -----------------------------------------------------------------------
+    def m_save(self, s: Section) -> None:
+        if not shutil.which("zip"):
+            raise BenchError("`zip` is not installed (apt-get install zip; `make bench` does)")
+        self.ensure_built(self.image)
+        n, ref = self.image, self.ref
+        cmds = {"imagekit": f"{self.ik()} save {n} --zip -o {n}.zip",
+                "docker save": f"docker save -o {n}.tar {ref}",
+                "docker save && zip -1": f"docker save -o {n}.tar {ref} && zip -1 {n}.zip {n}.tar"}
+        result = {"imagekit": f"{n}.zip", "docker save": f"{n}.tar", "docker save && zip -1": f"{n}.zip"}
+        s.commands = list(cmds.items())
+        d = self.work / "save"
+        self.time(f"docker save {ref} > /dev/null")   # untimed: the layers in the page cache
+
+        def one(side: str, i: int) -> tuple[float, int, int]:
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            secs, peak = self.timed_disk(cmds[side], d)
+            return round(secs, 2), peak, (d / result[side]).stat().st_size
+
+        got = {k: list(zip(*v, strict=True)) for k, v in self.compare("save", list(cmds), one).items()}
+        shutil.rmtree(d, ignore_errors=True)
+        (it, ip, isz), (dt, dp, _), (zt, zp, zsz) = got.values()
+        s.rows = [Row("wall time vs `docker save`", "s", it, dt, max_ratio=1.15),
+                  Row("wall time vs `docker save && zip -1`", "s", it, zt, max_ratio=0.55),
+                  Row("peak extra disk vs `docker save`", "B", ip, dp),
+                  Row("peak extra disk vs `docker save && zip -1`", "B", ip, zp),
+                  Row("output size vs `zip -1`'s", "B", isz, zsz, max_ratio=1.0)]
+        s.notes.append("Peak extra disk: the size of the (empty at start) output folder, polled every "
+                       "0.1 s; for the CLI pipeline the tar and the zip both exist at the end. "
+                       "imagekit's output size is its .zip alone (the .sha256 and .json beside it "
+                       "count in its peak). Before the runs, one untimed `docker save` warms the "
+                       "page cache for both sides.")
+
+    # -- 2. rebuild after a code-only change -----------------------------------------------
+    def m_rebuild(self, s: Section) -> None:
+        root = self.project("p")
+        n = self.copy_spec(root, self.image)
+        refs = [p.spec.image_ref() for p in load_project(root).catalog.resolve(n).chain()]
+        self.sh(f"{self.ik(root)} fetch {n}")
+        code = root / "images" / n / "code"
+        files = sorted(code.rglob("*.py")) or sorted(p for p in code.rglob("*") if p.is_file())
+        if not files:
+            raise BenchError(f"{self.image} has no code folder: nothing to change")
+        f = files[0]
+        cold_cmd, warm_cmd = f"{self.ik(root)} build {n} --no-cache", f"{self.ik(root)} build {n}"
+        s.sides = ("rebuild after a code change", "cold build")
+        s.commands = [("cold build", cold_cmd),
+                      ("code change", f"printf '\\n# bench edit %s\\n' UNIQUE >> {q(str(f))}"),
+                      ("rebuild", warm_cmd)]
+        cold, warm = [], []
+        for i in range(self.args.runs):
+            cold.append(self.time(cold_cmd))
+            self.built(*refs)
+            orig = f.read_bytes()
+            f.write_bytes(orig + f"\n# bench edit {uuid.uuid4().hex}\n".encode())
+            try:
+                warm.append(self.time(warm_cmd))
+            finally:
+                f.write_bytes(orig)
+            self.built(*refs)
+            self.remove_built()
+            log(f"rebuild run {i + 1}/{self.args.runs}: cold {cold[-1]:.2f} s, "
+                f"after a code change {warm[-1]:.2f} s")
+        s.rows = [Row("rebuild after a code change vs cold build", "s", warm, cold, max_ratio=0.10)]
+        s.notes.append(f"Spec: a copy of `{self.image}` and its code in a throwaway project (the "
+                       "catalog is untouched). The file is restored after the rebuild, and the run's "
+                       "images are removed.")
+
+    # -- 3. build --all against sequential docker builds --------------------------------
+    def m_all(self, s: Section) -> None:
+        root, cat = self.project("all"), self.src.catalog
+        names = [n for n in cat.names() if cat.resolve(n).device == "cpu"
+                 and not (self.args.quick and cat.resolve(n).framework == "tensorflow")]
+        for n in names:
+            self.copy_spec(root, n)
+        self.sh(f"{self.ik(root)} fetch --all")
+        proj = load_project(root)
+        new = sorted(proj.catalog.names(), key=lambda n: len(proj.catalog.resolve(n).chain()))
+        refs = [proj.catalog.get(n).image_ref() for n in new]
+        steps = []
+        for n, ref in zip(new, refs, strict=True):   # parents first
+            ctx = self.work / "ctx" / n
+            ctx.mkdir(parents=True)
+            (ctx / "Dockerfile").write_text(self.sh(f"{self.ik(root)} render {n}")[1])
+            if (code := proj.catalog.get(n).code_dir) is not None:
+                shutil.copytree(code, ctx / "code")
+            steps.append(f"DOCKER_BUILDKIT=0 docker build --network host --no-cache -t {ref} {q(str(ctx))}")
+        cmds = {"imagekit": f"{self.ik(root)} build --all --jobs {self.args.jobs} --no-cache",
+                "docker CLI": " && ".join(steps)}
+        s.commands = [("imagekit", cmds["imagekit"])] + [("docker CLI", c) for c in steps]
+
+        def one(side: str, i: int) -> float:
+            self.remove_built()   # cold against cold: nothing left from the other side
+            try:
+                if side == "imagekit" or proj.wheelhouse is None:
+                    return round(self.time(cmds[side]), 2)
+                with fetch.serve(proj.wheelhouse, PORT):
+                    return round(self.time(cmds[side]), 2)
+            finally:
+                self.built(*refs)
+
+        got = self.compare("build --all", list(cmds), one)
+        self.remove_built()
+        s.rows = [Row(f"build time of {len(new)} images", "s", got["imagekit"], got["docker CLI"],
+                      max_ratio=0.6)]
+        s.notes.append(f"Images: copies of {', '.join(names)}: the CPU images, which `--all` builds on an "
+                       "engine with no GPU. Both sides build with --no-cache (layers are shared with "
+                       "nothing, not even each other), and each side's images are removed before the "
+                       f"next run. The docker CLI side gets the wheelhouse on 127.0.0.1:{PORT} from "
+                       "`imagekit.fetch.serve`, as imagekit serves it to its own builds; its contexts "
+                       "hold the output of `imagekit render NAME` as Dockerfile and the spec's code/.")
+
+    # -- 4. push to two registries -----------------------------------------------------
+    def m_push(self, s: Section) -> None:
+        self.ensure_built(self.image)
+        compose = ["docker-compose", "-p", f"{self.id}push", "-f", str(REGISTRY / "docker-compose.yml")]
+        self.compose.append(compose)
+        cj = shlex.join(compose)
+        self.sh(f"{cj} up -d --build registry registry2")
+        hosts = [self.sh(f"{cj} port {svc} 5000")[1].strip() for svc in ("registry", "registry2")]
+        cids = [self.sh(f"{cj} ps -q {svc}")[1].strip() for svc in ("registry", "registry2")]
+        cfg = self.work / "docker-config"
+        cfg.mkdir()
+        env = f"DOCKER_CONFIG={q(str(cfg))}"
+        for h in hosts:
+            wait_401(f"http://{h}/v2/")
+            self.sh(f"{env} docker login -u {USER} --password-stdin {h}", input=PASSWORD)
+        tag = self.ref.rsplit(":", 1)[1]
+
+        def cmd(side: str, repo: str) -> str:
+            if side == "imagekit":
+                return (f"{env} {self.ik()} push {self.image} --to {hosts[0]}/team --to {hosts[1]}/team "
+                        f"--repository {repo} --no-smoke-gate")
+            dests = [f"{h}/team/{repo}:{tag}" for h in hosts]
+            return " && ".join([f"docker tag {self.ref} {d}" for d in dests]
+                               + [f"{env} docker push {d}" for d in dests])
+
+        def one(side: str, i: int) -> float:
+            for c in cids:   # empty registries: every run uploads every layer
+                self.sh(f"docker exec {c} rm -rf /var/lib/imagekit-registry/docker")
+            repo = f"{self.id}_{side[:2].lower()}{i}"
+            self.refs += [f"{h}/team/{repo}:{tag}" for h in hosts]
+            return round(self.time(cmd(side, repo)), 2)
+
+        s.commands = [(side, cmd(side, "REPO")) for side in s.sides]
+        got = self.compare("push", list(s.sides), one)
+        s.rows = [Row("push to two registries", "s", got["imagekit"], got["docker CLI"],
+                      max_ratio=0.65)]
+        s.notes.append("Registries: two of tests/engine/registry (distribution 2.8 with htpasswd) on "
+                       "127.0.0.1, from docker-compose under a unique project name. Their storage is "
+                       "emptied before every push and every push uses a new repository name (REPO), so "
+                       "each uploads every layer. Credentials: `docker login` into a throwaway "
+                       "DOCKER_CONFIG that both sides read.")
+
+    # -- 5. smoke overhead ---------------------------------------------------------------
+    def m_smoke(self, s: Section) -> None:
+        root = self.project("p")
+        n = f"{self.id}-mxcheck"
+        (root / "images" / n).mkdir(parents=True)
+        (root / "images" / n / "image.yaml").write_text(yaml.safe_dump({
+            "name": n, "description": "framework check only (bench)", "device": "cpu",
+            "framework": {"name": "mxnet", "version": "1.9.1"}, "python": "3.11",
+            "tags": ["bench"]}, sort_keys=False))
+        self.sh(f"{self.ik(root)} fetch {n} && {self.ik(root)} build {n}")
+        self.built(f"{n}:bench")
+        checks = q(str(REPO / "imagekit" / "checks"))
+        cmds = {"imagekit": f"{self.ik(root)} smoke {n}",
+                "docker CLI": f"docker run --rm -v {checks}:/imagekit/checks:ro {n}:bench "
+                              "python /imagekit/checks/mxnet_check.py --steps 50"}
+        s.commands = list(cmds.items())
+        got = self.compare("smoke", list(cmds), lambda side, i: round(self.time(cmds[side]), 2))
+        s.rows = [Row("framework check wall time", "s", got["imagekit"], got["docker CLI"], max_diff=1.5)]
+        s.notes.append("Image: a spec with no train command (MXNet 1.9.1, Python 3.11, CPU), so "
+                       "`imagekit smoke` runs the framework check alone.")
+
+    # -- 6. image efficiency --------------------------------------------------------------
+    def m_inspect(self, s: Section) -> None:
+        cat = self.src.catalog
+        names = [self.image] if self.args.quick else cat.names()
+        s.commands = [("imagekit", f"{self.ik()} --json inspect NAME")]
+        s.table = ["| image | size | layers | wasted | efficiency | top wasted paths |",
+                   "|---|---|---|---|---|---|"]
+        for n in names:
+            if cat.resolve(n).device == "cpu":
+                self.ensure_built(n)
+            elif not self.image_id(cat.get(n).image_ref()):
+                s.notes.append(f"`{n}`: a GPU image, not built here: not inspected.")
+                continue
+            r = json.loads(self.sh(f"{self.ik()} --json inspect {n}")[1])
+            top = "<br>".join(f"`{w['path']}` {w['bytes'] / 1e6:.2f} MB" for w in r["top_wasted"][:3])
+            eff = f"{100 * r['efficiency']:.2f} %"
+            s.table.append(f"| `{r['image']}` | {r['total_bytes'] / 1e6:.1f} MB | {len(r['layers'])} | "
+                           f"{r['wasted_bytes'] / 1e6:.2f} MB | {eff} | {top or '-'} |")
+            s.goals.append((f"`{n}`: at least 99 % efficient", "≥ 99 %", eff, r["efficiency"] >= 0.99))
+            log(f"inspect {n}: {eff} efficient")
+        s.notes.append("Wasted: bytes of files that a later layer deletes or overwrites; efficiency "
+                       "= 1 − wasted / the sum of the layers' file sizes.")
+
+    def cleanup(self) -> None:
+        for compose in self.compose:
+            subprocess.run([*compose, "down", "-v", "--rmi", "local", "--remove-orphans"],
+                           capture_output=True)
+        if self.refs:
+            subprocess.run(["docker", "rmi", *self.refs], capture_output=True)
+        self.remove_built()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def wait_401(url: str, timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise BenchError(f"{url} did not answer 401 within {timeout:.0f} s")
+
+
+def machine(b: Bench) -> list[str]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")
+    mem = next(int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
+               if ln.startswith("MemTotal"))
+    engine = b.sh("docker version -f '{{.Server.Version}} (API {{.Server.APIVersion}})'")[1].strip()
+    client = b.sh("docker version -f '{{.Client.Version}}'")[1].strip()
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip() or "?"
+    free = shutil.disk_usage(b.work).free
+    return ["| CPU | cores | memory | disk free | Docker engine | docker CLI | imagekit commit |",
+            "|---|---|---|---|---|---|---|",
+            f"| {cpu} | {os.cpu_count()} | {mem / 2**30:.1f} GiB | {free / 2**30:.1f} GiB | {engine} "
+            f"| {client} | {commit} |"]
+
+
+def report(b: Bench, sections: list[Section], started: str, host: list[str]) -> str:
+    a = b.args
+    out = ["# Benchmarks: imagekit against the plain docker CLI", "",
+           f"Written by `bench/run.py {shlex.join(sys.argv[1:])}` (`make bench`) on {started}. Both "
+           "sides of every comparison are measured in this one run, alternating which goes first; a "
+           f"figure is the median of {a.runs} run(s) and a ratio is median / median. Image for save, "
+           f"push and rebuild: `{b.ref}`. In the commands `$W` is the run's scratch folder (removed "
+           "afterwards) and `$REPO` this checkout.", ""]
+    if a.quick:
+        out += ["**Quick run (`--quick`): a check of the harness on a small image, one run each. "
+                "These figures are not benchmarks.**", ""]
+    out += ["## Machine", "", *host, "", "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
+    for s in sections:
+        num = TITLES[s.key].split(".")[0]
+        out += [f"| {num}. {g} | {got} | {'yes' if ok else '**no**'} |" for g, _, got, ok in s.all_goals()]
+        out += [f"| {TITLES[s.key]} | - | not measured |"] if s.error else []
+    for s in sections:
+        out += ["", f"## {TITLES[s.key]}", ""]
+        out += [f"Not measured: {s.error}", ""] if s.error else []
+        out += [f"- {side}: `{b.show(c)}`" for side, c in s.commands]
+        if s.rows:
+            x, y = s.sides
+            out += ["", f"| measurement | {x} (median) | {y} (median) | ratio | difference | goal | met "
+                    f"| {x} runs | {y} runs |", "|---|---|---|---|---|---|---|---|---|"]
+            for r in s.rows:
+                g = r.goal()
+                runs = [", ".join(fmt(v, r.unit).split()[0] for v in vs) for vs in (r.a, r.b)]
+                out.append(f"| {r.what} | {fmt(statistics.median(r.a), r.unit)} | "
+                           f"{fmt(statistics.median(r.b), r.unit)} | {r.ratio():.2f}× | "
+                           f"{fmt(r.diff(), r.unit)} | {g[1] if g else '-'} | "
+                           f"{'-' if g is None else 'yes' if g[3] else '**no**'} | {runs[0]} | {runs[1]} |")
+        out += ["", *s.table] if s.table else []
+        out += ["", *s.notes] if s.notes else []
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="check the harness: a small image, 1 run, no TensorFlow in build --all")
+    ap.add_argument("--runs", type=int, help="runs per side (default 3; --quick: 1)")
+    ap.add_argument("--image", help="catalog image for save, push and rebuild "
+                                    "(default ocr-cpu; --quick: ssd-mxnet-cpu)")
+    ap.add_argument("--only", help=f"comma-separated, of: {','.join(TITLES)}")
+    ap.add_argument("--out", type=Path, help="the markdown to write (default BENCHMARKS.md; "
+                                             "--quick: bench/BENCHMARKS-quick.md, git-ignored)")
+    ap.add_argument("-C", "--project", type=Path, default=REPO, help="the project holding the catalog")
+    ap.add_argument("--workdir", help="where the scratch folder goes (default: the system's temp)")
+    ap.add_argument("--jobs", type=int, default=2, help="imagekit build --jobs (default 2)")
+    a = ap.parse_args()
+    a.runs = a.runs or (1 if a.quick else 3)
+    a.image = a.image or ("ssd-mxnet-cpu" if a.quick else "ocr-cpu")
+    a.out = a.out or (REPO / "bench" / "BENCHMARKS-quick.md" if a.quick else REPO / "BENCHMARKS.md")
+    only = a.only.split(",") if a.only else list(TITLES)
+    if bad := set(only) - set(TITLES):
+        ap.error(f"unknown measurement {', '.join(sorted(bad))}; choose from {', '.join(TITLES)}")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # clean up when killed, too
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    b = Bench(a)
+    sections = []
+    try:
+        host = machine(b)
+        for key in [k for k in TITLES if k in only]:
+            log(TITLES[key])
+            s = Section(key)
+            try:
+                getattr(b, f"m_{key}")(s)
+            except BenchError as e:
+                s.error = str(e)
+                log(f"{key}: not measured: {s.error}")
+            sections.append(s)
+    finally:
+        log("cleaning up")
+        b.cleanup()
+    a.out.write_text(report(b, sections, started, host))
+    log(f"wrote {a.out}")
+    return 1 if any(s.error for s in sections) else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; cleaned up, nothing written")
+        sys.exit(130)
+    except ImagekitError as e:
+        log(e.message)
+        sys.exit(2)
