@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """imagekit against the plain docker CLI doing the same work, both measured in one
-run (issue 6); writes BENCHMARKS.md. See bench/README.md.
+run; writes BENCHMARKS.md. See bench/README.md.
 
 Everything the harness makes (projects, images, registries, files) has a unique
 name and is removed at the end, on failure and on Ctrl-C too."""

@@ -192,7 +192,7 @@ class ImageSpec(Strict):
         if self.cuda is not None and self.device == Device.cpu:
             raise ValueError("cuda: only a gpu image has a CUDA version (device is cpu)")
         if self.jupyter.enabled:
-            # the notebook dir may be a platform mount (seed 002 serves /code)
+            # the notebook dir may be a platform mount (a Detectron2 workbench serves /code)
             used = {"code.dest": self.code.dest if self.code else None,
                     "workdir": self.workdir}
             for where, path in used.items():

@@ -1,4 +1,4 @@
-"""A quick run of the benchmark harness itself (issue 6) on the smallest session
+"""A quick run of the benchmark harness itself on the smallest session
 image: it must measure both sides, write the table and ratios where it is told
 (never over the repo's BENCHMARKS.md) and leave nothing behind. Not a benchmark."""
 
