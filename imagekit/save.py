@@ -31,6 +31,8 @@ loaded image ID against PATH.json when there is one."""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import errno
 import gzip
@@ -118,7 +120,7 @@ class _ZipStream:
         self.dos_time = t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2
         self.dos_date = max(t.tm_year - 1980, 0) << 9 | t.tm_mon << 5 | t.tm_mday
         self.crc = self.size = self.csize = 0
-        self.comp = deflate.compressobj(LEVEL, deflate.DEFLATED, -15)
+        self.comp = _Deflater()
         sink.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", self.VERSION, self.FLAGS, 8,
                                self.dos_time, self.dos_date, 0, MAX32, MAX32, len(self.name), 20)
                    + self.name + struct.pack("<2H2Q", 1, 16, 0, 0))
@@ -126,15 +128,14 @@ class _ZipStream:
     def write(self, data: bytes) -> None:
         self.crc = deflate.crc32(data, self.crc)
         self.size += len(data)
-        out = self.comp.compress(data)
-        if out:
+        for out in self.comp.compress(data):
             self.csize += len(out)
             self.sink.write(out)
 
     def finish(self) -> None:
-        out = self.comp.flush()
-        self.csize += len(out)
-        self.sink.write(out)
+        for out in self.comp.finish():
+            self.csize += len(out)
+            self.sink.write(out)
         self.sink.write(struct.pack("<4sL2Q", b"PK\x07\x08", self.crc, self.csize, self.size))
         cd_offset = self.sink.bytes
         extra = struct.pack("<2H2Q", 1, 16, self.size, self.csize)
@@ -151,19 +152,59 @@ class _ZipStream:
 
 
 class _GzipStream:
-    """The tar, gzip'd at LEVEL (deflate with the gzip wrapper and CRC)."""
+    """The tar, gzip'd at LEVEL: a gzip header, the deflate stream, CRC and size."""
 
     def __init__(self, sink: _Sink):
         self.sink = sink
-        self.comp = deflate.compressobj(LEVEL, deflate.DEFLATED, 31)
+        self.comp = _Deflater()
+        self.crc = self.size = 0
+        sink.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # no name, no mtime, Unix
 
     def write(self, data: bytes) -> None:
-        out = self.comp.compress(data)
-        if out:
+        self.crc = deflate.crc32(data, self.crc)
+        self.size += len(data)
+        for out in self.comp.compress(data):
             self.sink.write(out)
 
     def finish(self) -> None:
-        self.sink.write(self.comp.flush())
+        for out in self.comp.finish():
+            self.sink.write(out)
+        self.sink.write(struct.pack("<2L", self.crc, self.size & MAX32))
+
+
+class _Deflater:
+    """One raw deflate stream made of independently compressed blocks: each
+    chunk is deflated on a worker thread (ISA-L and zlib release the GIL) and
+    ends with a sync flush, so the blocks join, in order, into a valid stream
+    (as pigz does). Compression then runs beside the engine's export and the
+    main thread's checksums instead of after them."""
+
+    def __init__(self, workers: int = 2, ahead: int = 4):
+        self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="deflate")
+        self.pending: collections.deque = collections.deque()
+        self.ahead = ahead
+
+    @staticmethod
+    def _block(data: bytes) -> bytes:
+        comp = deflate.compressobj(LEVEL, deflate.DEFLATED, -15)
+        return comp.compress(data) + comp.flush(deflate.Z_SYNC_FLUSH)
+
+    def compress(self, data: bytes) -> list[bytes]:
+        """Queue a chunk; return the blocks that are done, in order."""
+        self.pending.append(self.pool.submit(self._block, bytes(data)))
+        out = []
+        while len(self.pending) > self.ahead or (self.pending and self.pending[0].done()):
+            out.append(self.pending.popleft().result())
+        return out
+
+    def finish(self) -> list[bytes]:
+        try:
+            out = [f.result() for f in self.pending]
+            out.append(deflate.compressobj(LEVEL, deflate.DEFLATED, -15).flush())  # final block
+            return out
+        finally:
+            self.pending.clear()
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _writer(fmt: str, sink: _Sink, member: str) -> tuple[Callable[[bytes], object], Callable[[], None]]:
