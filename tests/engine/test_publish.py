@@ -345,8 +345,9 @@ def test_save_rmi_load_round_trip(tiny_to_save, tmp_path, docker_api, fmt, ext):
     assert docker_api.inspect_image(t.ref)["Id"] == t.image_id
 
 
-def test_interrupted_save_leaves_nothing(tiny_to_save, tmp_path):
-    t = tiny_to_save
+def test_interrupted_save_leaves_nothing(mxnet_image, tmp_path):
+    """Ctrl-C in the middle of the stream (a 470 MB image, so there is a middle)."""
+    t = mxnet_image
     out = tmp_path / "x.zip"
     cmd = [sys.executable, "-m", "imagekit", "-C", str(t.project.root), "--json", "save", t.name,
            "--zip", "-o", str(out)]
