@@ -25,7 +25,7 @@ from .engine import Engine
 from .errors import EXIT_CODES, ImagekitError, Interrupted, SpecError
 from .events import Skipped
 from .render import render as render_plan
-from .spec import Plan
+from .spec import Device, Framework, Plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Build, smoke-test and publish Docker images for ML training platforms.")
@@ -46,17 +46,6 @@ StepsOpt = Annotated[int | None, typer.Option(
     "--steps", min=1, help="Training steps for the smoke run (default: the spec's smoke.steps).")]
 TimeoutOpt = Annotated[int | None, typer.Option(
     "--timeout", min=1, help="Time limit in seconds for each smoke container.")]
-
-
-class FrameworkName(str, Enum):
-    tensorflow = "tensorflow"
-    pytorch = "pytorch"
-    mxnet = "mxnet"
-
-
-class DeviceName(str, Enum):
-    cpu = "cpu"
-    gpu = "gpu"
 
 
 class Output(str, Enum):
@@ -296,9 +285,9 @@ def smoke(
 @app.command()
 def new(
     name: Annotated[str, typer.Argument(help="Name of the new image (its folder in images/).")],
-    framework: Annotated[FrameworkName, typer.Option("--framework", "-f", help="Framework.")],
-    device: Annotated[DeviceName, typer.Option("--device", "-d", help="cpu or gpu.")]
-    = DeviceName.cpu,
+    framework: Annotated[Framework, typer.Option("--framework", "-f", help="Framework.")],
+    device: Annotated[Device, typer.Option("--device", "-d", help="cpu or gpu.")]
+    = Device.cpu,
     version: Annotated[str | None, typer.Option(help="Framework version (default: the matrix's).")]
     = None,
     python: Annotated[str | None, typer.Option(help="Python version (default: the matrix's).")]
