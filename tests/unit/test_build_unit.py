@@ -9,7 +9,8 @@ import tarfile
 import pytest
 from helpers import imagekit
 
-from imagekit.build import build, context_tar
+from imagekit.build import build
+from imagekit.context import context_tar
 from imagekit.config import load_project
 from imagekit.errors import BuildError
 from imagekit.events import Built, Cached, Step
