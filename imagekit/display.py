@@ -14,7 +14,30 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .events import Built, Cached, Event, Failed, Info, Log, Progress, Result, Skipped, Step, Warn
+from .events import (
+    BaseResult,
+    Built,
+    Cached,
+    CatalogResult,
+    Checked,
+    Event,
+    Failed,
+    FetchResult,
+    GraphResult,
+    Info,
+    InspectResult,
+    LoadResult,
+    Log,
+    MatrixResult,
+    Problem,
+    Progress,
+    PushResult,
+    SaveResult,
+    Skipped,
+    SmokeResult,
+    Step,
+    Warn,
+)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -33,11 +56,12 @@ class _Row:
 class Display:
     """Use as a context manager; feed it events with show()."""
 
-    def __init__(self, mode: str = "auto", verbose: bool = False):
+    def __init__(self, mode: str = "auto", verbose: bool = False, top: int = 5):
         if mode == "auto":
             mode = "rich" if out.is_terminal else "plain"
         self.mode = mode
         self.verbose = verbose
+        self.top = top
         self.rows: dict[str, _Row] = {}
         self.progress: dict[tuple[str, str], tuple[int, int, str]] = {}
         self.progress_printed: dict[tuple[str, str], float] = {}
@@ -95,8 +119,14 @@ class Display:
             self._line(f"{ev.image}: {ev.message}" if ev.image else ev.message, always=True)
         elif isinstance(ev, Progress):
             self._progress(ev)
-        elif isinstance(ev, Result):
-            self._result(ev)
+        elif isinstance(ev, Checked):
+            self._line(f"ok  {ev.image}", always=True)
+        elif isinstance(ev, Problem):
+            error(f"{ev.image}: {ev.message}" if ev.image else ev.message)
+        else:
+            render = RESULTS.get(type(ev))
+            if render is not None:
+                render(self, ev)
         if self.live is not None:
             self.live.update(self._render())
 
@@ -120,90 +150,112 @@ class Display:
             who = f"{ev.image}: " if ev.image else ""
             print(f"{who}{ev.item} {ev.status}{_bytes(ev.current, ev.total)}", flush=True)
 
-    def _result(self, ev: Result) -> None:
-        if ev.stage == "fetch":
-            d = ev.data
-            mb = d.get("bytes", 0) / 1e6
-            self._line(f"{ev.image}: fetched {d.get('downloaded', 0)} files ({mb:.1f} MB) into "
-                       f"{d.get('wheelhouse')}", "green", always=True)
-        elif ev.stage == "base":
-            d = ev.data
-            verb = "made" if d.get("made") else "kept"
-            self._line(f"{verb} {d['image']} ({d['image_id'][:19]})", "green", always=True)
-        elif ev.stage == "smoke":
-            self._smoke(ev.image, ev.data)
-        elif ev.stage == "push":
-            self._push(ev.image, ev.data)
-        elif ev.stage == "save":
-            self._save(ev.image, ev.data)
-        elif ev.stage == "load":
-            self._load(ev.data)
-        elif ev.stage == "graph":
-            pass
-        else:
-            self._line(f"{ev.image}: {ev.stage}: {json.dumps(ev.data, default=str)}",
-                       always=True)
+    # -- results ---------------------------------------------------------------
+    def _fetch(self, r: FetchResult) -> None:
+        self._line(f"{r.image}: fetched {r.downloaded} files ({r.bytes / 1e6:.1f} MB) into "
+                   f"{r.wheelhouse}", "green", always=True)
 
-    def _smoke(self, name: str, r: dict) -> None:
-        fc = r.get("framework_check") or {}
-        lines = [f"{name}: smoke passed in {r.get('seconds')}s ({r['image_id'][:19]})"]
+    def _base(self, r: BaseResult) -> None:
+        self._line(f"{'made' if r.made else 'kept'} {r.image} ({r.image_id[:19]})", "green",
+                   always=True)
+
+    def _graph(self, r: GraphResult) -> None:
+        """The end of a multi-image build: what was built, failed, skipped."""
+        if len(r.images) <= 1 and all(o.status == "ok" for o in r.images.values()):
+            return
+        width = max((len(n) for n in r.images), default=4)
+        for name, o in r.images.items():
+            style = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(o.status, "")
+            why = f"  {o.reason}" if o.reason else ""
+            self._line(f"{name:<{width}}  {o.status:<7}{why}", style, always=True)
+
+    def _smoke(self, r: SmokeResult) -> None:
+        fc = r.framework_check
+        lines = [f"{r.image}: smoke passed in {r.seconds}s ({r.image_id[:19]})"]
         if fc:
-            gpu = f", CUDA {fc.get('cuda')} cuDNN {fc.get('cudnn')}" if fc.get("device") == "gpu" \
-                else ""
-            lines.append(f"  framework  {fc.get('framework')} {fc.get('version')} on "
-                         f"{fc.get('device')} ({fc.get('device_name')}{gpu})")
-            lines.append(f"  steps      {fc.get('steps')}, loss {fc.get('loss_first'):.4g} -> "
-                         f"{fc.get('loss_last'):.4g}, {fc.get('steps_per_sec')} steps/s")
-        tr = r.get("training")
+            gpu = f", CUDA {fc.cuda} cuDNN {fc.cudnn}" if fc.device == "gpu" else ""
+            lines.append(f"  framework  {fc.framework} {fc.version} on {fc.device} "
+                         f"({fc.device_name}{gpu})")
+            lines.append(f"  steps      {fc.steps}, loss {fc.loss_first:.4g} -> "
+                         f"{fc.loss_last:.4g}, {fc.steps_per_sec} steps/s")
+        tr = r.training
         if tr:
-            runs = ", ".join(f"{x['seconds']}s" for x in tr["runs"])
-            resumed = f", resumed from step {tr['resumed_from']}" if "resumed_from" in tr else ""
-            lines.append(f"  training   {len(tr['runs'])} run(s) ({runs}){resumed}; "
-                         f"{len(tr.get('output_files', []))} output files")
-        nb = r.get("notebook")
+            runs = ", ".join(f"{x.seconds}s" for x in tr.runs)
+            resumed = f", resumed from step {tr.resumed_from}" if tr.resumed_from else ""
+            lines.append(f"  training   {len(tr.runs)} run(s) ({runs}){resumed}; "
+                         f"{len(tr.output_files)} output files")
+        nb = r.notebook
         if nb:
-            lines.append(f"  notebook   JupyterLab answered at {nb['url']} in "
-                         f"{nb['seconds_to_answer']}s")
-        if r.get("note"):
-            lines.append(f"  note       {r['note']}")
-        lines.append(f"  log        {r.get('log')}")
+            lines.append(f"  notebook   JupyterLab answered at {nb.url} in {nb.seconds_to_answer}s")
+        if r.note:
+            lines.append(f"  note       {r.note}")
+        lines.append(f"  log        {r.log}")
         for line in lines:
             self._line(line, "green" if line is lines[0] else "", always=True)
 
-    def summary(self, images: dict[str, dict]) -> None:
-        """The end of a multi-image build: what was built, failed, skipped."""
-        if self.mode == "json":
-            return
-        width = max((len(n) for n in images), default=4)
-        for name, r in images.items():
-            style = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
-            why = f"  {r['reason']}" if r.get("reason") else ""
-            text = f"{name:<{width}}  {r['status']:<7}{why}"
-            if self.mode == "plain":
-                print(text, flush=True)
-            else:
-                out.print(Text(text, style=style))
-
-    def _push(self, name: str, r: dict) -> None:
-        gate = "smoke test passed" if r.get("smoke_gate") == "on" else "smoke gate off"
-        self._line(f"{name}: pushed {r['image_id'][:19]} to {len(r['destinations'])} "
+    def _push(self, r: PushResult) -> None:
+        gate = "smoke test passed" if r.smoke_gate == "on" else "smoke gate off"
+        self._line(f"{r.image}: pushed {r.image_id[:19]} to {len(r.destinations)} "
                    f"destination(s) ({gate})", "green", always=True)
-        for d in r["destinations"]:
-            self._line(f"  {d['ref']}  {d['digest']}", always=True)
+        for d in r.destinations:
+            self._line(f"  {d.ref}  {d.digest}", always=True)
 
-    def _save(self, name: str, r: dict) -> None:
-        ratio = f", {100 * r['bytes'] / r['tar_bytes']:.0f}% of the tar" if r.get("tar_bytes") else ""
-        self._line(f"{name}: saved {r['ref']} ({r['image_id'][:19]}) to {r['path']}", "green",
+    def _save(self, r: SaveResult) -> None:
+        ratio = f", {100 * r.bytes / r.tar_bytes:.0f}% of the tar" if r.tar_bytes else ""
+        self._line(f"{r.image}: saved {r.ref} ({r.image_id[:19]}) to {r.path}", "green",
                    always=True)
-        self._line(f"  {r['format']}, {r['bytes'] / 1e6:.1f} MB{ratio}, {r['seconds']}s "
-                   f"({r.get('mb_per_s')} MB/s read)", always=True)
-        self._line(f"  sha256 {r['sha256']}  ({r['sha256_file']}; manifest {r['manifest_file']})",
+        self._line(f"  {r.format}, {r.bytes / 1e6:.1f} MB{ratio}, {r.seconds}s "
+                   f"({r.mb_per_s} MB/s read)", always=True)
+        self._line(f"  sha256 {r.sha256}  ({r.sha256_file}; manifest {r.manifest_file})",
                    always=True)
 
-    def _load(self, r: dict) -> None:
-        refs = ", ".join(r["refs"]) or "(no tag)"
-        self._line(f"loaded {refs} ({r['image_id']}) from {r['path']}", "green", always=True)
-        self._line(f"  checksum {r['checksum']}; manifest: {r['manifest']}", always=True)
+    def _load(self, r: LoadResult) -> None:
+        refs = ", ".join(r.refs) or "(no tag)"
+        self._line(f"loaded {refs} ({r.image_id}) from {r.path}", "green", always=True)
+        self._line(f"  checksum {r.checksum}; manifest: {r.manifest}", always=True)
+
+    def _inspect(self, r: InspectResult) -> None:
+        mb = 1e6
+        self._line(f"{r.image}  {r.image_id[:19]}  {r.total_bytes / mb:.1f} MB in "
+                   f"{len(r.layers)} layers; wasted {r.wasted_bytes / mb:.2f} MB, efficiency "
+                   f"{100 * r.efficiency:.2f}%", always=True)
+        self._table(None, ["layer", "size MB", "wasted MB", "created by"],
+                    [[str(i), f"{x.size / mb:.1f}", f"{x.wasted / mb:.2f}", x.created_by[:90]]
+                     for i, x in enumerate(r.layers, 1)])
+        for w in r.top_wasted[:self.top]:
+            self._line(f"  wasted {w.bytes / mb:8.2f} MB  {w.path}", always=True)
+        pk = r.python_packages
+        self._line(f"python packages ({len(pk)}): " + ", ".join(f"{k}=={v}" for k, v in pk.items()),
+                   always=True)
+        for k, v in sorted(r.labels.items()):
+            self._line(f"  label {k}={v}", always=True)
+
+    def _catalog(self, r: CatalogResult) -> None:
+        cols = ["name", "framework", "device", "python", "cuda", "parent", "jupyter", "tags",
+                "description"]
+        self._table(f"imagekit catalog ({r.folder})", cols,
+                    [[getattr(e, c) for c in cols] for e in r.entries])
+
+    def _matrix(self, r: MatrixResult) -> None:
+        cols = ["framework", "version", "python", "cpu_install", "gpu_install", "cuda",
+                "gpu_base", "refused"]
+        self._table("imagekit compatibility matrix", [c.replace("_", " ") for c in cols],
+                    [[getattr(row, c) for c in cols] for row in r.rows])
+
+    def _table(self, title: str | None, columns: list[str], rows: list[list[str]]) -> None:
+        if self.mode == "plain":
+            if title:
+                print(title, flush=True)
+            print("\t".join(columns), flush=True)
+            for row in rows:
+                print("\t".join(row), flush=True)
+            return
+        table = Table(*columns, title=title)
+        for c in table.columns:
+            c.overflow = "fold"
+        for row in rows:
+            table.add_row(*row)
+        (self.live.console if self.live else out).print(table)
 
     # -- live view -----------------------------------------------------------
     def _render(self):
@@ -249,7 +301,14 @@ def _latest(progress: dict, n: int) -> list:
     return (moving[-n:] + [x for x in items if x not in moving][-n:])[:n]
 
 
-def error(message: str, details: list[str] | None = None) -> None:
+def error(message: str, details: list[str] | None = None, *, as_json: bool = False,
+          code: int = 1) -> None:
+    """An error: one line on stderr (then its details, dimmed), or with --json
+    one JSON object {"event": "error", "message", "exit_code", "details"}."""
+    if as_json:
+        print(json.dumps({"event": "error", "message": message, "exit_code": code,
+                          "details": details or []}), file=sys.stderr, flush=True)
+        return
     err.print(Text(f"imagekit: {message}", style="bold red"))
     for d in details or []:
         err.print(Text(f"  {d}", style="dim"))
@@ -257,3 +316,11 @@ def error(message: str, details: list[str] | None = None) -> None:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+RESULTS = {
+    FetchResult: Display._fetch, BaseResult: Display._base, GraphResult: Display._graph,
+    SmokeResult: Display._smoke, PushResult: Display._push, SaveResult: Display._save,
+    LoadResult: Display._load, InspectResult: Display._inspect, CatalogResult: Display._catalog,
+    MatrixResult: Display._matrix,
+}

@@ -1,13 +1,24 @@
-"""The one module that talks to the Docker engine (with docker-py's low-level
-API). It yields the engine's raw stream items and never prints; docker errors
-are translated into imagekit's own with `raise ... from`."""
+"""The one module that talks to the Docker engine and knows its wire format.
+
+`EngineAPI` is the seam: what the stages need from an engine (build, run and
+logs, push, save/load, image facts, GPU capability), described as a Protocol
+that a second implementation (a BuildKit one, a test fake) can satisfy.
+`Engine` implements it with docker-py's low-level API. Streams are decoded
+here into the small typed items below (build steps, layer progress, loaded
+refs); docker errors become imagekit's own (`raise ... from`), and an error
+reported inside a stream becomes `EngineStreamError` with the engine's words.
+Nothing here prints."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import tarfile
+import tempfile
 from collections.abc import Iterator
-from typing import IO, Any
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
 
 import docker
 import docker.auth
@@ -16,14 +27,102 @@ import requests.exceptions
 import urllib3.exceptions
 from docker.types import DeviceRequest
 
-from .errors import EngineUnavailable, ImagekitError
+from .errors import EngineError, EngineStreamError, EngineUnavailable
 
 HINT = "start one with `make engine`, or point DOCKER_HOST at a running engine"
+STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
 
 
-class EngineError(ImagekitError):
-    exit_code = 1
-    label = "engine"
+# -- what the engine hands the stages ---------------------------------------
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    size: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """A Dockerfile instruction starts."""
+
+    index: int
+    total: int
+    instruction: str
+
+
+@dataclass(frozen=True)
+class BuildCached:
+    """The current step came from the cache."""
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    """A line the current step printed."""
+
+    line: str
+
+
+@dataclass(frozen=True)
+class BuildDone:
+    image_id: str
+
+
+@dataclass(frozen=True)
+class LayerProgress:
+    """One layer of a push: its status ('Pushing', 'Pushed', 'Layer already
+    exists', 'engine retrying in 5s', ...) and bytes."""
+
+    layer: str
+    status: str
+    current: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class PushDone:
+    digest: str
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    running: bool
+    exit_code: int | None
+
+
+BuildItem = BuildStep | BuildCached | BuildOutput | BuildDone
+PushItem = LayerProgress | PushDone
+
+
+class EngineAPI(Protocol):
+    """What imagekit's stages need from a container engine."""
+
+    def gpu_capable(self) -> bool: ...
+    def image(self, ref: str) -> ImageInfo | None: ...
+    def tag(self, image: str, repository: str, tag: str) -> None: ...
+    def remove_image(self, ref: str) -> None: ...
+    def build(self, context: IO[bytes], tag: str, *, network_mode: str | None = None,
+              pull: bool = False, nocache: bool = False) -> Iterator[BuildItem]: ...
+    def import_image(self, stream: IO[bytes], repository: str, tag: str,
+                     changes: list[str]) -> None: ...
+    def volume(self, name: str, owner: str = "") -> contextlib.AbstractContextManager[str]: ...
+    def container(self, image: str, command: list[str] | None = None, *, name: str,
+                  volumes: dict[str, str] | None = None, env: dict | None = None,
+                  gpus: bool = False, workdir: str | None = None, files: bytes | None = None,
+                  network: bool = True, owner: str = "") \
+        -> contextlib.AbstractContextManager[str]: ...
+    def files_in(self, cid: str, path: str) -> list[str]: ...
+    def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]: ...
+    def wait(self, cid: str, timeout: float) -> int: ...
+    def state(self, cid: str) -> ContainerState: ...
+    def exec_run(self, cid: str, cmd: list[str]) -> tuple[int, str]: ...
+    def save(self, ref: str | list[str], chunk_size: int = ...) -> Iterator[bytes]: ...
+    def load(self, data: IO[bytes] | Iterator[bytes]) -> list[str]: ...
+    def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[PushItem]: ...
+    def registry_auth(self, registry: str) -> dict | None: ...
+    def distribution_digest(self, ref: str, auth: dict | None) -> str: ...
 
 
 def _where() -> str:
@@ -31,72 +130,111 @@ def _where() -> str:
 
 
 class Engine:
-    def __init__(self, api: docker.APIClient):
+    """EngineAPI over docker-py's low-level client."""
+
+    def __init__(self, api: docker.APIClient, where: str | None = None):
         self.api = api
+        self.where = where or _where()
 
     @classmethod
-    def connect(cls, timeout: int = 600) -> Engine:
+    def connect(cls, timeout: int = 600, url: str | None = None) -> Engine:
+        """The engine at `url` (any DOCKER_HOST form), else the environment's."""
+        where = url or _where()
         try:
-            kwargs = docker.utils.kwargs_from_env()
-            api = docker.APIClient(version="auto", timeout=timeout, **kwargs)
+            if url:
+                api = docker.APIClient(base_url=url, version="auto", timeout=timeout,
+                                       use_ssh_client=url.startswith("ssh://"))
+            else:
+                api = docker.APIClient(version="auto", timeout=timeout,
+                                       **docker.utils.kwargs_from_env())
             api.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             reason = str(e).split("\n")[0]
             if "Connection aborted" in reason or "No such file" in reason or "refused" in reason:
                 reason = "nothing listens there"
-            raise EngineUnavailable(f"no Docker engine answers at {_where()} ({reason}); {HINT}") \
+            raise EngineUnavailable(f"no Docker engine answers at {where} ({reason}); {HINT}") \
                 from None
-        return cls(api)
+        return cls(api, where)
 
     # -- facts -------------------------------------------------------------
-    def info(self) -> dict:
-        return self._call(self.api.info)
-
     def gpu_capable(self) -> bool:
         """Whether `--gpus all` can work: an nvidia runtime or CDI GPU devices."""
-        info = self.info()
+        info = self._call(self.api.info)
         runtimes = info.get("Runtimes") or {}
         if "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia":
             return True
         cdi = info.get("DiscoveredDevices") or []
         return any(str(d.get("ID", "")).startswith("nvidia.com/gpu") for d in cdi)
 
-    def image(self, ref: str) -> dict | None:
+    def image(self, ref: str) -> ImageInfo | None:
         try:
-            return self.api.inspect_image(ref)
+            raw = self.api.inspect_image(ref)
         except docker.errors.ImageNotFound:
             return None
         except docker.errors.APIError as e:
-            raise EngineError(f"inspecting {ref}: {e.explanation}") from e
-
-    def history(self, ref: str) -> list[dict]:
-        return self._call(self.api.history, ref)
-
-    def remove_image(self, ref: str, force: bool = True) -> None:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            self._call(self.api.remove_image, ref, force=force, noprune=False)
+            if e.status_code in (400, 404):   # an invalid reference names no image either
+                return None
+            raise EngineError(f"inspecting {ref}: {_explain(e)}") from e
+        except requests.exceptions.ConnectionError as e:
+            raise self._lost(e) from e
+        return ImageInfo(raw["Id"], int(raw.get("Size") or 0),
+                         dict((raw.get("Config") or {}).get("Labels") or {}),
+                         list(raw.get("RepoTags") or []))
 
     def tag(self, image: str, repository: str, tag: str) -> None:
         self._call(self.api.tag, image, repository, tag, force=True)
 
+    def remove_image(self, ref: str) -> None:
+        """Untag `ref` (the image stays while other tags name it)."""
+        with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.NotFound):
+            self.api.remove_image(ref, noprune=False)
+
     # -- build -------------------------------------------------------------
     def build(self, context: IO[bytes], tag: str, *, network_mode: str | None = None,
-              pull: bool = False, nocache: bool = False) -> Iterator[dict]:
+              pull: bool = False, nocache: bool = False) -> Iterator[BuildItem]:
+        """The legacy builder's stream, decoded. Raises EngineStreamError with
+        the engine's message when a step fails."""
+        image_id = None
         try:
-            yield from self.api.build(
-                fileobj=context, custom_context=True, encoding=None, tag=tag, nocache=nocache,
-                rm=True, forcerm=True, decode=True, pull=pull, network_mode=network_mode)
+            for item in self.api.build(
+                    fileobj=context, custom_context=True, encoding=None, tag=tag, nocache=nocache,
+                    rm=True, forcerm=True, decode=True, pull=pull, network_mode=network_mode):
+                if "stream" in item:
+                    for line in str(item["stream"]).splitlines():
+                        line = line.rstrip()
+                        if not line:
+                            continue
+                        m = STEP_RE.match(line)
+                        if m:
+                            yield BuildStep(int(m[1]), int(m[2]), m[3])
+                        elif line.strip() == "---> Using cache":
+                            yield BuildCached()
+                        elif line.startswith("Successfully built "):
+                            image_id = image_id or line.split()[-1]
+                        elif not line.startswith((" ---> ", "Successfully tagged",
+                                                  "Removing intermediate")):
+                            yield BuildOutput(line)
+                elif isinstance(item.get("aux"), dict) and "ID" in item["aux"]:
+                    image_id = item["aux"]["ID"]
+                elif "error" in item or "errorDetail" in item:
+                    raise EngineStreamError(_stream_error(item))
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            if isinstance(e, requests.exceptions.ConnectionError):
+                raise self._lost(e) from e
             raise EngineError(f"build request failed: {_explain(e)}") from e
+        except urllib3.exceptions.HTTPError as e:
+            raise self._lost(e) from e
+        if image_id is None:
+            raise EngineStreamError("the engine ended the build without an image ID")
+        yield BuildDone(image_id)
 
     def import_image(self, stream: IO[bytes], repository: str, tag: str,
-                     changes: list[str]) -> str:
+                     changes: list[str]) -> None:
         try:
-            out = self.api.import_image_from_stream(stream, repository=repository, tag=tag,
-                                                   changes=changes)
+            self.api.import_image_from_stream(stream, repository=repository, tag=tag,
+                                              changes=changes)
         except docker.errors.APIError as e:
             raise EngineError(f"import of {repository}:{tag} failed: {_explain(e)}") from e
-        return out
 
     # -- containers --------------------------------------------------------
     @contextlib.contextmanager
@@ -115,20 +253,22 @@ class Engine:
     def container(self, image: str, command: list[str] | None = None, *, name: str,
                   volumes: dict[str, str] | None = None, env: dict | None = None,
                   gpus: bool = False, workdir: str | None = None,
-                  files: bytes | None = None) -> Iterator[str]:
+                  files: bytes | None = None, network: bool = True,
+                  owner: str = "") -> Iterator[str]:
         """Create a container, copy `files` (a tar) into it, start it; it is
-        force-removed on every way out (failure, timeout, Ctrl-C)."""
+        force-removed on every way out (failure, timeout, Ctrl-C). With
+        network=False it has no network at all (`--network none`)."""
         host_config = self.api.create_host_config(
             binds={vol: {"bind": dst, "mode": "rw"} for vol, dst in (volumes or {}).items()},
             device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
-            init=True,
+            init=True, network_mode=None if network else "none",
         )
         cid = None
         try:
             created = self._call(
                 self.api.create_container, image, command=command, name=name,
                 environment=env or {}, host_config=host_config, working_dir=workdir,
-                labels={"io.imagekit.owned": "true", "io.imagekit.for": image})
+                labels={"io.imagekit.owned": "true", "io.imagekit.for": owner or image})
             cid = created["Id"]
             if files:
                 self._call(self.api.put_archive, cid, "/", files)
@@ -141,8 +281,6 @@ class Engine:
 
     def files_in(self, cid: str, path: str) -> list[str]:
         """Names of the files under `path` in a (stopped) container."""
-        import tarfile
-        import tempfile
         try:
             stream, _ = self.api.get_archive(cid, path)
         except docker.errors.NotFound:
@@ -162,11 +300,16 @@ class Engine:
     def wait(self, cid: str, timeout: float) -> int:
         try:
             return int(self.api.wait(cid, timeout=timeout)["StatusCode"])
-        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as e:
+        except requests.exceptions.ReadTimeout as e:
             raise TimeoutError from e
+        except requests.exceptions.ConnectionError as e:
+            if "timed out" in str(e).lower():
+                raise TimeoutError from e
+            raise self._lost(e) from e
 
-    def inspect_container(self, cid: str) -> dict:
-        return self._call(self.api.inspect_container, cid)
+    def state(self, cid: str) -> ContainerState:
+        st = self._call(self.api.inspect_container, cid).get("State") or {}
+        return ContainerState(bool(st.get("Running")), st.get("ExitCode"))
 
     def exec_run(self, cid: str, cmd: list[str]) -> tuple[int, str]:
         ex = self._call(self.api.exec_create, cid, cmd)
@@ -192,21 +335,61 @@ class Engine:
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
             raise EngineError(f"export of {ref} broke off: {_explain(e)}") from e
 
-    def load(self, data: IO[bytes] | Iterator[bytes]) -> Iterator[dict]:
-        """POST /images/load; `data` may be a generator of chunks (sent chunked)."""
+    def load(self, data: IO[bytes] | Iterator[bytes]) -> list[str]:
+        """POST /images/load (`data` may be a generator of chunks, sent chunked).
+        Returns what the engine loaded: tags, or image IDs for untagged images."""
+        loaded: list[str] = []
         try:
-            yield from self.api.load_image(data, quiet=True)
+            for item in self.api.load_image(data, quiet=True):
+                if "errorDetail" in item or "error" in item:
+                    raise EngineStreamError(_stream_error(item))
+                text = str(item.get("stream") or "").strip()
+                for prefix in ("Loaded image: ", "Loaded image ID: "):
+                    if text.startswith(prefix):
+                        loaded.append(text.removeprefix(prefix).strip())
         except docker.errors.APIError as e:
             raise EngineError(f"load failed: {_explain(e)}") from e
         except requests.exceptions.RequestException as e:
             raise EngineError(f"load broke off: {_explain(e)}") from e
+        return loaded
 
-    def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[dict]:
+    def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[PushItem]:
+        """The push stream, decoded. The engine reports a registry's refusal
+        inside the stream (docker-py does not raise: docker/docker-py#3161):
+        that becomes EngineStreamError. Its own upload retries count down
+        once a second; each countdown is reported once."""
+        digest = ""
+        retry_at: dict[str, int] = {}
         try:
-            yield from self.api.push(repository, tag=tag, stream=True, decode=True,
-                                     auth_config=auth)
+            for item in self.api.push(repository, tag=tag, stream=True, decode=True,
+                                      auth_config=auth):
+                if not isinstance(item, dict):
+                    continue
+                if "errorDetail" in item or "error" in item:
+                    raise EngineStreamError(_stream_error(item))
+                aux = item.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = str(aux["Digest"])
+                status, layer = str(item.get("status") or ""), item.get("id")
+                if not (status and layer):
+                    continue
+                m = RETRY_STATUS_RE.match(status)
+                if m:
+                    n, prev = int(m[1]), retry_at.get(layer)
+                    retry_at[layer] = n
+                    if prev is not None and n <= prev:
+                        continue
+                    status = f"engine retrying in {n}s"
+                else:
+                    retry_at.pop(layer, None)
+                pd = item.get("progressDetail") or {}
+                yield LayerProgress(str(layer), status, int(pd.get("current") or 0),
+                                    int(pd.get("total") or 0))
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
             raise EngineError(f"push of {repository}:{tag} failed: {_explain(e)}") from e
+        if not digest:
+            raise EngineStreamError("the push stream ended without a manifest digest")
+        yield PushDone(digest)
 
     def registry_auth(self, registry: str) -> dict | None:
         """Credentials for `registry` from the Docker config file: its `auths`,
@@ -233,13 +416,19 @@ class Engine:
     def _call(self, fn, *args: Any, **kwargs: Any):
         try:
             return fn(*args, **kwargs)
-        except docker.errors.NotFound as e:
-            raise EngineError(_explain(e)) from e
         except docker.errors.APIError as e:
             raise EngineError(_explain(e)) from e
         except requests.exceptions.ConnectionError as e:
-            raise EngineUnavailable(f"lost the Docker engine at {_where()}: "
-                                    f"{str(e).splitlines()[0]}; {HINT}") from e
+            raise self._lost(e) from e
+
+    def _lost(self, e: Exception) -> EngineUnavailable:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        return EngineUnavailable(f"lost the Docker engine at {self.where}: {first}; {HINT}")
+
+
+def _stream_error(item: dict) -> str:
+    detail = item.get("errorDetail") or {}
+    return " ".join(str(detail.get("message") or item.get("error") or "unknown error").split())
 
 
 def _explain(e: Exception) -> str:

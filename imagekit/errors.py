@@ -8,94 +8,101 @@ class ImagekitError(Exception):
     """Root of every error imagekit reports to a user."""
 
     exit_code = 1
-    label = "error"
 
-    def __init__(self, message: str, *, details: list[str] | None = None):
+    def __init__(self, message: str, *, details: list[str] | None = None,
+                 problems: list[str] | None = None):
         super().__init__(message)
         self.message = message
         self.details = details or []
+        self.problems = problems or []   # several independent problems, one line each
+
+    def lines(self) -> list[str]:
+        """What a user reads: each problem, or the message."""
+        return self.problems or [self.message]
 
     def __str__(self) -> str:
         return self.message
+
+
+class UsageError(ImagekitError):
+    """A bad command line: a flag value, a reference or a tag that cannot work."""
+
+    exit_code = 2
 
 
 class SpecError(ImagekitError):
     """A spec file is missing, unreadable or invalid (one line per problem)."""
 
     exit_code = 3
-    label = "spec"
 
 
 class CompatError(SpecError):
     """Framework / Python / CUDA / device combination that cannot work."""
 
     exit_code = 4
-    label = "compat"
 
 
 class ConfigError(ImagekitError):
     exit_code = 3
-    label = "config"
 
 
 class EngineUnavailable(ImagekitError):
     exit_code = 5
-    label = "engine"
+
+
+class EngineError(ImagekitError):
+    """The engine refused a request (its own reason is the message)."""
+
+    exit_code = 16
+
+
+class EngineStreamError(EngineError):
+    """The engine accepted a build, push or load and reported a failure inside
+    its stream; the stage that asked turns it into its own error."""
 
 
 class BuildError(ImagekitError):
     exit_code = 6
-    label = "build"
 
 
 class FetchError(ImagekitError):
     exit_code = 7
-    label = "fetch"
 
 
 class SmokeError(ImagekitError):
     exit_code = 8
-    label = "smoke"
 
 
 class GpuUnavailable(SmokeError):
     exit_code = 9
-    label = "gpu"
 
 
 class PushError(ImagekitError):
     exit_code = 10
-    label = "push"
 
 
 class AuthError(PushError):
     exit_code = 11
-    label = "auth"
 
 
 class SmokeGateError(PushError):
     exit_code = 12
-    label = "smoke-gate"
 
 
 class SaveError(ImagekitError):
     exit_code = 13
-    label = "save"
 
 
 class LoadError(ImagekitError):
     exit_code = 14
-    label = "load"
 
 
 class DiskFullError(ImagekitError):
     exit_code = 15
-    label = "disk"
 
 
 class Interrupted(ImagekitError):
     exit_code = 130
-    label = "interrupted"
 
 
 EXIT_CODES: list[tuple[int, str]] = [
@@ -115,5 +122,6 @@ EXIT_CODES: list[tuple[int, str]] = [
     (13, "save failed"),
     (14, "load failed (corrupt, truncated or mismatched archive)"),
     (15, "disk full"),
+    (16, "the Docker engine refused a request (its reason is printed)"),
     (130, "interrupted (Ctrl-C)"),
 ]

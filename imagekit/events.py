@@ -83,10 +83,251 @@ class Progress(Event):
     status: str = ""
 
 
-@dataclass
-class Result(Event):
-    """A stage's final, machine-readable result (fetch summary, smoke report, ...)."""
+# -- typed stage results ------------------------------------------------------
+# Each is the last event of its stage. --json writes it as
+# {"event": "result", "image": ..., "stage": STAGE, "data": {its other fields}}.
 
+@dataclass
+class StageResult(Event):
     kind: ClassVar[str] = "result"
-    stage: str = ""
-    data: dict = field(default_factory=dict)
+    stage: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        image = data.pop("image")
+        return {"event": self.kind, "image": image, "stage": self.stage, "data": data}
+
+
+@dataclass
+class FetchResult(StageResult):
+    stage: ClassVar[str] = "fetch"
+    downloaded: int = 0
+    bytes: int = 0
+    wheelhouse: str = ""
+
+
+@dataclass
+class BaseResult(StageResult):
+    """`image` is the base image's reference."""
+
+    stage: ClassVar[str] = "base"
+    image_id: str = ""
+    made: bool = False
+    size: int = 0
+
+
+@dataclass
+class ImageOutcome:
+    status: str                       # ok | failed | skipped
+    reason: str = ""
+    exit_code: int = 0
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GraphResult(StageResult):
+    stage: ClassVar[str] = "graph"
+    images: dict[str, ImageOutcome] = field(default_factory=dict)
+
+
+@dataclass
+class FrameworkReport:
+    """What the framework check printed from inside the container."""
+
+    framework: str = ""
+    version: str = ""
+    python: str = ""
+    device: str = ""
+    device_name: str = ""
+    cuda: str | None = None
+    cudnn: str | None = None
+    gpu_count: int = 0
+    steps: int = 0
+    loss_first: float | None = None
+    loss_last: float | None = None
+    steps_per_sec: float | None = None
+    ok: bool = False
+    reason: str | None = None
+    wall_seconds: float = 0.0
+    gpu_readiness: dict | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> FrameworkReport:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainingRun:
+    command: list[str]
+    exit: int
+    seconds: float
+
+
+@dataclass
+class TrainingResult:
+    steps: int
+    runs: list[TrainingRun] = field(default_factory=list)
+    resumed_from: int | None = None
+    output_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NotebookResult:
+    url: str
+    seconds_to_answer: float
+    lab: int = 200
+    api_status: int = 200
+    started: str | None = None
+
+
+@dataclass
+class SmokeResult(StageResult):
+    """The smoke report (also stored as JSON under the image ID)."""
+
+    stage: ClassVar[str] = "smoke"
+    ref: str = ""
+    image_id: str = ""
+    gpu_mode: str = "auto"
+    gpu_requested: bool = False
+    note: str | None = None
+    log: str = ""
+    started_at: str = ""
+    passed: bool = False
+    seconds: float = 0.0
+    error: str | None = None
+    framework_check: FrameworkReport | None = None
+    training: TrainingResult | None = None
+    notebook: NotebookResult | None = None
+
+
+@dataclass
+class PushedDestination:
+    ref: str
+    repository: str
+    tag: str
+    digest: str
+    pinned: str
+    attempts: int
+    seconds: float
+
+
+@dataclass
+class PushResult(StageResult):
+    stage: ClassVar[str] = "push"
+    image_id: str = ""
+    source: str = ""
+    smoke_gate: str = "on"
+    smoke_passed: bool = False
+    destinations: list[PushedDestination] = field(default_factory=list)
+
+
+@dataclass
+class SaveResult(StageResult):
+    stage: ClassVar[str] = "save"
+    path: str = ""
+    format: str = ""
+    bytes: int = 0
+    tar_bytes: int = 0
+    sha256: str = ""
+    sha256_file: str = ""
+    manifest_file: str = ""
+    image_id: str = ""
+    ref: str = ""
+    seconds: float = 0.0
+    mb_per_s: float | None = None
+
+
+@dataclass
+class LoadResult(StageResult):
+    stage: ClassVar[str] = "load"
+    path: str = ""
+    format: str = ""
+    refs: list[str] = field(default_factory=list)
+    image_id: str = ""
+    checksum: str = ""
+    manifest: str = ""
+
+
+@dataclass
+class LayerReport:
+    size: int
+    wasted: int
+    created_by: str
+
+
+@dataclass
+class WastedPath:
+    path: str
+    bytes: int
+
+
+@dataclass
+class InspectResult(StageResult):
+    """`image` is the reference inspected."""
+
+    stage: ClassVar[str] = "inspect"
+    image_id: str = ""
+    size: int = 0
+    layers: list[LayerReport] = field(default_factory=list)
+    total_bytes: int = 0
+    wasted_bytes: int = 0
+    efficiency: float = 1.0
+    top_wasted: list[WastedPath] = field(default_factory=list)
+    python_packages: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    framework: str = ""
+    device: str = ""
+    python: str = ""
+    cuda: str = ""
+    parent: str = ""
+    jupyter: str = ""
+    tags: str = ""
+    description: str = ""
+
+
+@dataclass
+class CatalogResult(StageResult):
+    stage: ClassVar[str] = "list"
+    folder: str = ""
+    entries: list[CatalogEntry] = field(default_factory=list)
+
+
+@dataclass
+class MatrixRow:
+    framework: str
+    version: str
+    python: str = ""
+    cpu_install: str = ""
+    gpu_install: str = ""
+    cuda: str = ""
+    gpu_base: str = ""
+    refused: str = ""
+
+
+@dataclass
+class MatrixResult(StageResult):
+    stage: ClassVar[str] = "matrix"
+    rows: list[MatrixRow] = field(default_factory=list)
+
+
+@dataclass
+class Checked(Event):
+    """One image passed a check (validate, lint)."""
+
+    kind: ClassVar[str] = "ok"
+    what: str = ""
+
+
+@dataclass
+class Problem(Event):
+    """One problem found by a check that goes on to the next image."""
+
+    kind: ClassVar[str] = "problem"
+    message: str = ""
+    exit_code: int = 1

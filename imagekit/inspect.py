@@ -12,8 +12,10 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .engine import Engine
-from .errors import ImagekitError
+from .engine import EngineAPI
+from .errors import EngineError
+from .events import Event, InspectResult, LayerReport, WastedPath
+from .targets import ImageTarget
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -50,7 +52,16 @@ def _under(path: str, d: str) -> bool:
     return path == d or path.startswith(d + "/")
 
 
-def analyse(layers: list[Layer]) -> dict:
+@dataclass
+class Waste:
+    total_bytes: int
+    wasted_bytes: int
+    efficiency: float
+    per_layer: list[int]
+    top: list[WastedPath]
+
+
+def analyse(layers: list[Layer]) -> Waste:
     """Bytes in each layer that a later layer deletes or overwrites."""
     live: dict[str, tuple[int, int]] = {}  # path -> (layer index, size)
     wasted = [0] * len(layers)
@@ -72,15 +83,13 @@ def analyse(layers: list[Layer]) -> dict:
     total = sum(layer.size for layer in layers)
     waste = sum(wasted)
     top = sorted(where.items(), key=lambda kv: -kv[1])[:10]
-    return {"total_bytes": total, "wasted_bytes": waste,
-            "efficiency": 1.0 if total == 0 else round(1 - waste / total, 6),
-            "wasted_per_layer": wasted, "top_wasted": [{"path": p, "bytes": b} for p, b in top]}
+    return Waste(total, waste, 1.0 if total == 0 else round(1 - waste / total, 6), wasted,
+                 [WastedPath(p, b) for p, b in top])
 
 
-def inspect(engine: Engine, ref: str) -> dict:
-    image = engine.image(ref)
-    if image is None:
-        raise ImagekitError(f"image {ref} is not in the engine; build or load it first")
+def inspect(engine: EngineAPI, target: ImageTarget) -> Iterator[Event]:
+    """Yields one InspectResult for the target image."""
+    ref = target.ref
     by_dir: dict[str, Layer] = {}
     jsons: dict[str, bytes] = {}
     outer = tarfile.open(fileobj=_Stream(engine.save(ref)), mode="r|")
@@ -90,7 +99,7 @@ def inspect(engine: Engine, ref: str) -> dict:
         elif m.name.endswith(".json") and m.isfile() and m.size < 10_000_000:
             jsons[m.name] = outer.extractfile(m).read()
     if "manifest.json" not in jsons:
-        raise ImagekitError(f"the engine's export of {ref} has no manifest.json")
+        raise EngineError(f"the engine's export of {ref} has no manifest.json")
     manifest = json.loads(jsons["manifest.json"])[0]
     layers = [by_dir.get(name, Layer()) for name in manifest["Layers"]]
     config = json.loads(jsons.get(manifest["Config"], b"{}"))
@@ -101,21 +110,20 @@ def inspect(engine: Engine, ref: str) -> dict:
             for shell in ("/bin/bash -o pipefail -c ", "/bin/sh -c "):
                 step = step.removeprefix(shell)
             layer.created_by = " ".join(step.removeprefix("#(nop) ").split())
-    result = analyse(layers)
+    waste = analyse(layers)
     packages = {}
     for layer in layers:
         for p in layer.files:
             m = DIST_INFO.search(p)
             if m:
                 packages[m[1].replace("_", "-").lower()] = m[2]
-    return {
-        "image": ref, "image_id": image["Id"], "size": image.get("Size", 0),
-        "layers": [{"size": layer.size, "wasted": w, "created_by": layer.created_by[:200]}
-                   for layer, w in zip(layers, result.pop("wasted_per_layer"), strict=True)],
-        **result,
-        "python_packages": dict(sorted(packages.items())),
-        "labels": (image.get("Config") or {}).get("Labels") or {},
-    }
+    yield InspectResult(
+        ref, image_id=target.image_id, size=target.image.size,
+        layers=[LayerReport(layer.size, w, layer.created_by[:200])
+                for layer, w in zip(layers, waste.per_layer, strict=True)],
+        total_bytes=waste.total_bytes, wasted_bytes=waste.wasted_bytes,
+        efficiency=waste.efficiency, top_wasted=waste.top,
+        python_packages=dict(sorted(packages.items())), labels=dict(target.image.labels))
 
 
 class _Stream:

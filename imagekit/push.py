@@ -9,8 +9,11 @@ push all destinations at once, and prove what the registry got.
   against what the registry itself answers (the engine's distribution inspect).
 - Credentials: --username/--password-stdin, else IMAGEKIT_REGISTRY_USER and
   IMAGEKIT_REGISTRY_PASSWORD, else the Docker config file (auths, credential
-  helpers). They go to the engine in its X-Registry-Auth header only: never
-  printed, logged, put in a child process's arguments or into the image.
+  helpers). Explicit and environment credentials are bound to the registry
+  hosts they were given for: the `--to` destinations of the same command line,
+  or the host in IMAGEKIT_REGISTRY; never a host a spec names. They go to the
+  engine in its X-Registry-Auth header only: never printed, logged, put in a
+  child process's arguments or into the image.
 - The `REGISTRY/NAMESPACE/REPO:TAG` refs made for the push are kept, as
   `docker tag` + `docker push` would leave them (`docker rmi` removes them).
 """
@@ -25,14 +28,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import smoke as smoke_stage
+from . import records
 from .config import Project
-from .engine import Engine
-from .errors import AuthError, ImagekitError, Interrupted, PushError, SmokeGateError
-from .events import Event, Info, Progress, Result, Warn
+from .engine import EngineAPI, LayerProgress, PushDone
+from .errors import AuthError, ImagekitError, Interrupted, PushError, SmokeGateError, UsageError
+from .events import Event, Info, Progress, PushedDestination, PushResult, Warn
+from .targets import ImageTarget
 
 ENV_USER = "IMAGEKIT_REGISTRY_USER"
 ENV_PASSWORD = "IMAGEKIT_REGISTRY_PASSWORD"
+ENV_REGISTRY = "IMAGEKIT_REGISTRY"
 RETRIES = 3          # after the first attempt, for transient failures only
 BACKOFF = 2.0        # seconds before the first retry; doubles, at most BACKOFF_MAX
 BACKOFF_MAX = 30.0
@@ -52,7 +57,6 @@ TRANSIENT_RE = re.compile(
     r"Service|Gateway)|Internal Server Error|Bad Gateway|Service Unavailable|Gateway Time-?out|"
     r"too many requests|\b429\b|server closed|connection aborted",
     re.IGNORECASE)
-RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
 
 
 def classify(message: str) -> str:
@@ -92,6 +96,10 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     source: str = ""
+    hosts: frozenset[str] | None = None   # the registries they were given for (None: unbound)
+
+    def for_host(self, registry: str) -> bool:
+        return self.hosts is not None and registry in self.hosts
 
     def auth(self, registry: str) -> dict:
         return {"username": self.username, "password": self.password, "serveraddress": registry}
@@ -101,41 +109,56 @@ def destination(text: str, repository: str, tag: str) -> Destination:
     """Parse one --to / push.registries entry, REGISTRY[/NAMESPACE]."""
     raw = text.strip().rstrip("/")
     if "://" in raw:
-        raise PushError(f"--to {text}: give REGISTRY/NAMESPACE without a scheme "
+        raise UsageError(f"--to {text}: give REGISTRY/NAMESPACE without a scheme "
                         "(e.g. registry.example.com/team)")
     host, _, namespace = raw.partition("/")
     if not HOST_RE.match(host):
-        raise PushError(f"--to {text}: {host!r} is not a registry host; start with one, e.g. "
+        raise UsageError(f"--to {text}: {host!r} is not a registry host; start with one, e.g. "
                         "registry.example.com/team, localhost:5000/team or docker.io/team")
     for part in [p for p in namespace.split("/")] if namespace else []:
         if not COMPONENT_RE.match(part):
-            raise PushError(f"--to {text}: namespace part {part!r} is not a valid repository "
+            raise UsageError(f"--to {text}: namespace part {part!r} is not a valid repository "
                             "path component (lowercase letters, digits, '.', '_', '-')")
     if not COMPONENT_RE.match(repository):
-        raise PushError(f"repository {repository!r} is not a valid repository name")
+        raise UsageError(f"repository {repository!r} is not a valid repository name")
     if not TAG_RE.match(tag):
-        raise PushError(f"tag {tag!r} is not a valid Docker tag")
+        raise UsageError(f"tag {tag!r} is not a valid Docker tag")
     return Destination(host, namespace, repository, tag)
 
 
 def credentials(username: str | None = None, password: str | None = None,
-                environ: dict | None = None) -> Credentials | None:
+                environ: dict | None = None, to: list[str] | None = None) -> Credentials | None:
     """Explicit credentials first, then the environment; None leaves it to the
-    Docker config file (resolved per registry by the engine module)."""
+    Docker config file (resolved per registry by the engine module). The
+    credentials are bound to the hosts of `to` (the command line's --to), or to
+    IMAGEKIT_REGISTRY's host for the environment's."""
     env = os.environ if environ is None else environ
+    cli_hosts = frozenset(_host(w) for w in to or [])
     if username is not None or password is not None:
         if not username:
-            raise AuthError("--password-stdin needs --username")
+            raise UsageError("--password-stdin needs --username")
         if not password:
-            raise AuthError("the password read from stdin (--password-stdin) is empty")
-        return Credentials(username, password, "--username/--password-stdin")
+            raise UsageError("the password read from stdin (--password-stdin) is empty")
+        if not cli_hosts:
+            raise UsageError("--username needs --to: credentials given on the command line go "
+                             "only to the registries named there")
+        return Credentials(username, password, "--username/--password-stdin", cli_hosts)
     user, pw = env.get(ENV_USER), env.get(ENV_PASSWORD)
     if user or pw:
         if not (user and pw):
             missing = ENV_PASSWORD if user else ENV_USER
-            raise AuthError(f"{ENV_USER} and {ENV_PASSWORD} go together; {missing} is not set")
-        return Credentials(user, pw, f"{ENV_USER}/{ENV_PASSWORD}")
+            raise UsageError(f"{ENV_USER} and {ENV_PASSWORD} go together; {missing} is not set")
+        named = env.get(ENV_REGISTRY, "").strip()
+        if named and not HOST_RE.match(named):
+            raise UsageError(f"{ENV_REGISTRY}={named!r} is not a registry host (e.g. "
+                             "registry.example.com or localhost:5000)")
+        hosts = frozenset([named]) if named else cli_hosts
+        return Credentials(user, pw, f"{ENV_USER}/{ENV_PASSWORD}", hosts or None)
     return None
+
+
+def _host(where: str) -> str:
+    return where.strip().partition("/")[0]
 
 
 class _Failed(Exception):
@@ -166,29 +189,32 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def push(project: Project, name: str, engine: Engine, *, to: list[str] | None = None,
-         tag: str | None = None, repository: str | None = None, smoke_gate: bool = True,
-         creds: Credentials | None = None, retries: int = RETRIES, backoff: float = BACKOFF,
-         sleep: Callable[[float], None] = time.sleep) -> Iterator[Event]:
-    """Push NAME's built image to every destination at once. Yields progress and
-    per-destination results; the last event is a Result with every digest.
+def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
+         to: list[str] | None = None, tag: str | None = None, repository: str | None = None,
+         smoke_gate: bool = True, creds: Credentials | None = None, retries: int = RETRIES,
+         backoff: float = BACKOFF, sleep: Callable[[float], None] = time.sleep) -> Iterator[Event]:
+    """Push the target image to every destination at once. Yields progress and
+    per-destination results; the last event is a PushResult with every digest.
     Raises AuthError (11), SmokeGateError (12) or PushError (10)."""
-    spec = project.catalog.get(name)
-    m = spec.model
-    src = spec.image_ref()
-    tag = tag or m.tags[0]
-    repo_name = repository or m.push.repository or name
-    wheres = list(to or m.push.registries)
+    name, src, image_id = target.name, target.ref, target.image_id
+    plan = target.plan
+    where_from = f"push.registries in {plan.spec.path.name}" if plan else ""
+    if plan is not None:
+        m = plan.spec.model
+        tag = tag or src.rsplit(":", 1)[1]
+        repo_name = repository or m.push.repository or name
+        wheres = list(to or m.push.registries)
+    else:
+        last = src.split("@")[0].rsplit("/", 1)[-1]
+        repo_name = repository or last.split(":")[0]
+        tag = tag or (last.split(":")[1] if ":" in last else "latest")
+        wheres = list(to or [])
     if not wheres:
-        raise PushError(f"{name}: nowhere to push; give --to REGISTRY/NAMESPACE or set "
-                        f"push.registries in {spec.path.name}")
+        raise UsageError(f"{name}: nowhere to push; give --to REGISTRY/NAMESPACE"
+                         + (f" or set {where_from}" if where_from else ""))
     dests = list(dict.fromkeys(destination(w, repo_name, tag) for w in wheres))
 
-    image = engine.image(src)
-    if image is None:
-        raise PushError(f"{name}: {src} is not built; run `imagekit build {name}` first")
-    image_id = image["Id"]
-    passed = smoke_stage.passed(project, image_id)
+    passed = records.smoke_passed(project, image_id)
     if smoke_gate and not passed:
         raise SmokeGateError(f"{name}: {src} ({image_id[:19]}) has not passed its smoke test; run "
                              f"`imagekit smoke {name}` first, or push anyway with --no-smoke-gate")
@@ -199,12 +225,17 @@ def push(project: Project, name: str, engine: Engine, *, to: list[str] | None = 
 
     auths: dict[str, tuple[dict | None, str]] = {}
     for d in dests:
-        if d.registry not in auths:
-            if creds is not None:
-                auths[d.registry] = (creds.auth(d.registry), creds.source)
-            else:
-                found = engine.registry_auth(d.registry)
-                auths[d.registry] = (found, "the Docker config file" if found else "none")
+        if d.registry in auths:
+            continue
+        if creds is not None and creds.for_host(d.registry):
+            auths[d.registry] = (creds.auth(d.registry), creds.source)
+            continue
+        found = engine.registry_auth(d.registry)
+        auths[d.registry] = (found, "the Docker config file" if found else "none")
+        if creds is not None:
+            yield Warn(name, f"{creds.source} not sent to {d.registry}: they were given for "
+                             f"{', '.join(sorted(creds.hosts or [])) or 'no named registry'} "
+                             f"(name the host with --to or {ENV_REGISTRY})")
     secrets = [creds.password] if creds else []
     secrets += [str(a.get(k, "")) for a, _ in auths.values() if a
                 for k in ("password", "Password", "IdentityToken", "identitytoken", "auth")]
@@ -252,17 +283,14 @@ def push(project: Project, name: str, engine: Engine, *, to: list[str] | None = 
         raise type(err)(f"{name}: {message}", details=details)
 
     by_dest = {x.dest: x for x in done}
-    yield Result(name, "push", {
-        "image_id": image_id, "source": src,
-        "smoke_gate": "on" if smoke_gate else "off", "smoke_passed": passed,
-        "destinations": [{"ref": d.ref, "repository": d.repo, "tag": d.tag,
-                          "digest": by_dest[d].digest, "pinned": f"{d.repo}@{by_dest[d].digest}",
-                          "attempts": by_dest[d].attempts, "seconds": by_dest[d].seconds}
-                         for d in dests],
-    })
+    yield PushResult(name, image_id=image_id, source=src,
+                     smoke_gate="on" if smoke_gate else "off", smoke_passed=passed,
+                     destinations=[PushedDestination(
+                         d.ref, d.repo, d.tag, by_dest[d].digest, f"{d.repo}@{by_dest[d].digest}",
+                         by_dest[d].attempts, by_dest[d].seconds) for d in dests])
 
 
-def _worker(engine: Engine, name: str, d: Destination, auth: dict | None, source: str,
+def _worker(engine: EngineAPI, name: str, d: Destination, auth: dict | None, source: str,
             retries: int, backoff: float, sleep: Callable[[float], None],
             put: Callable[[object], None], secrets: list[str]) -> None:
     started = time.monotonic()
@@ -300,37 +328,15 @@ def _worker(engine: Engine, name: str, d: Destination, auth: dict | None, source
         return
 
 
-def _attempt(engine: Engine, name: str, d: Destination, auth: dict | None,
+def _attempt(engine: EngineAPI, name: str, d: Destination, auth: dict | None,
              put: Callable[[object], None]) -> str:
     """One push of one destination: the whole stream, then the registry's digest."""
     digest = ""
-    retry_at: dict[str, int] = {}
     for item in engine.push(d.repo, d.tag, auth):
-        if not isinstance(item, dict):
-            continue
-        if "errorDetail" in item or "error" in item:
-            detail = item.get("errorDetail") or {}
-            raise _Failed(str(detail.get("message") or item.get("error") or "unknown error"))
-        aux = item.get("aux")
-        if isinstance(aux, dict) and aux.get("Digest"):
-            digest = str(aux["Digest"])
-        status, layer = str(item.get("status") or ""), item.get("id")
-        if not (status and layer):
-            continue
-        m = RETRY_STATUS_RE.match(status)
-        if m:  # the engine's own upload retries count down once a second: show each start
-            n, prev = int(m[1]), retry_at.get(layer)
-            retry_at[layer] = n
-            if prev is not None and n <= prev:
-                continue
-            status = f"engine retrying in {n}s"
-        else:
-            retry_at.pop(layer, None)
-        pd = item.get("progressDetail") or {}
-        put(Progress(name, f"{d.where} {layer}", int(pd.get("current") or 0),
-                     int(pd.get("total") or 0), status))
-    if not digest:
-        raise _Failed("the push stream ended without a manifest digest")
+        if isinstance(item, LayerProgress):
+            put(Progress(name, f"{d.where} {item.layer}", item.current, item.total, item.status))
+        elif isinstance(item, PushDone):
+            digest = item.digest
     held = engine.distribution_digest(d.ref, auth)
     if held != digest:
         raise _Failed(f"the registry holds {held or 'no manifest'} for {d.ref}, but the push "

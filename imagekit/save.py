@@ -1,5 +1,5 @@
-"""Save and load stages: an image to one archive file and back, with nothing
-half-written left behind.
+"""Save stage: an image to one archive file, with nothing half-written left
+behind (load.py reads it back).
 
 save streams the engine's export (the tar of GET /images/get?names=NAME:TAG,
 so `docker load` restores NAME:TAG) straight into the archive: a reader thread
@@ -22,18 +22,12 @@ always compresses with stdlib zlib; zipfile reads it back (load, the tests).
 The archive is written to a temporary file beside PATH, fsync'd, and renamed to
 PATH only when complete; any failure or Ctrl-C removes the temporary file.
 Beside it: PATH.sha256 (`sha256sum -c` format) and PATH.json (image ID, tags,
-sizes, framework, device, smoke result).
-
-load reads any of these (the format is found from the file's first bytes),
-checks the sidecar checksum first when there is one, streams the tar into the
-engine (out of the ZIP or gzip on the fly, no temporary tar), and checks the
-loaded image ID against PATH.json when there is one."""
+sizes, framework, device, smoke result)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import hashlib
 import json
 import os
@@ -41,18 +35,17 @@ import queue
 import tempfile
 import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__
-from . import build as build_stage
+from . import __version__, records
 from .config import Project
-from .engine import Engine
-from .errors import DiskFullError, ImagekitError, Interrupted, LoadError, SaveError
-from .events import Event, Info, Progress, Result
-from .archive import COMPRESS_ERRORS, GzipStream, ZipStream
+from .engine import EngineAPI
+from .errors import DiskFullError, ImagekitError, Interrupted, SaveError, UsageError
+from .events import Event, Info, Progress, SaveResult
+from .targets import ImageTarget
+from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sidecars
 
 FORMATS = {"zip": "zip", "zip-compat": "zip", "tar": "tar", "gz": "tar.gz"}
 DESCRIBE = {"zip": "a ZIP (deflate, ZIP64)", "zip-compat": "a plain tar named .zip (docker save -o)",
@@ -64,13 +57,16 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _END = object()
 
 
-def default_path(name: str, tag: str, fmt: str) -> Path:
-    return Path(f"{name}-{tag}.{FORMATS[fmt]}")
+def default_path(stem: str, fmt: str) -> Path:
+    return Path(f"{stem}.{FORMATS[fmt]}")
 
 
-def sidecars(path: Path) -> tuple[Path, Path]:
-    """PATH.sha256 and PATH.json."""
-    return path.with_name(path.name + ".sha256"), path.with_name(path.name + ".json")
+def _file_stem(target: ImageTarget) -> str:
+    """NAME-TAG for a catalog image; the reference made file-safe otherwise."""
+    ref = target.ref.split("@")[0]
+    repo, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
+    stem = f"{repo.rsplit('/', 1)[-1]}-{tag}"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)
 
 
 class _Sink:
@@ -156,33 +152,27 @@ def _small_file(path: Path, text: str) -> Path:
     return Path(tmp)
 
 
-def save(project: Project, name: str, engine: Engine, *, fmt: str = "zip",
-         output: Path | None = None, tag: str | None = None) -> Iterator[Event]:
-    """Save NAME:TAG to one archive. Yields Info, Progress and a final Result.
-    Raises SaveError (13), DiskFullError (15) or Interrupted (130); PATH is only
-    ever the complete archive."""
+def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str = "zip",
+         output: Path | None = None) -> Iterator[Event]:
+    """Save the target image (NAME:TAG, or a reference) to one archive. Yields
+    Info, Progress and a final SaveResult. Raises SaveError (13), DiskFullError
+    (15) or Interrupted (130); PATH is only ever the complete archive."""
     if fmt not in FORMATS:
-        raise SaveError(f"unknown archive format {fmt!r} (zip, zip-compat, tar, gz)")
-    spec = project.catalog.get(name)
-    tag = tag or spec.model.tags[0]
-    ref = f"{name}:{tag}"
-    image = engine.image(ref)
-    if image is None:
-        raise SaveError(f"{name}: {ref} is not built; run `imagekit build {name}` first")
-    image_id, image_size = image["Id"], int(image.get("Size") or 0)
-    path = Path(output) if output else default_path(name, tag, fmt)
+        raise UsageError(f"unknown archive format {fmt!r} (zip, zip-compat, tar, gz)")
+    name, ref = target.name, target.ref
+    image_id, image_size = target.image_id, target.image.size
+    stem = _file_stem(target)
+    path = Path(output) if output else default_path(stem, fmt)
     if path.is_dir():
-        path = path / default_path(name, tag, fmt)
+        path = path / default_path(stem, fmt)
     path = path.absolute()
     if not path.parent.is_dir():
         raise SaveError(f"{name}: cannot write {path}: folder {path.parent} does not exist")
-    member = f"{name}-{tag}.tar"
-    rec = build_stage.load_record(project, image_id) or {}
-    if not rec.get("framework"):
-        with contextlib.suppress(ImagekitError):
-            plan = project.catalog.resolve(name)
-            rec = {**rec, "framework": plan.framework, "version": plan.version,
-                   "device": plan.device, "python": plan.python, "cuda": plan.cuda}
+    member = f"{stem}.tar"
+    rec = records.read(project, image_id)
+    facts = {k: (getattr(rec, k, None) if rec else None) or target.fact(k)
+             for k in ("framework", "version", "device", "python", "cuda")}
+    smoke_mark = asdict(rec.smoke) if rec and rec.smoke else None
 
     yield Info(name, f"saving {ref} ({image_id[:19]}, {image_size / 1e6:.0f} MB in the engine) to "
                      f"{path} as {DESCRIBE[fmt]}")
@@ -233,9 +223,9 @@ def save(project: Project, name: str, engine: Engine, *, fmt: str = "zip",
             "bytes": sink.bytes, "sha256": digest, "tar_bytes": read,
             "image": name, "ref": ref, "tags": [ref], "image_id": image_id,
             "image_size": image_size,
-            "framework": rec.get("framework"), "framework_version": rec.get("version"),
-            "device": rec.get("device"), "python": rec.get("python"), "cuda": rec.get("cuda"),
-            "smoke": rec.get("smoke"),
+            "framework": facts["framework"], "framework_version": facts["version"],
+            "device": facts["device"], "python": facts["python"], "cuda": facts["cuda"],
+            "smoke": smoke_mark,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "imagekit": __version__,
         }
@@ -277,200 +267,12 @@ def save(project: Project, name: str, engine: Engine, *, fmt: str = "zip",
                     t.unlink()
 
     seconds = time.monotonic() - started
-    yield Result(name, "save", {
-        "path": str(path), "format": fmt, "bytes": manifest["bytes"], "tar_bytes": read,
-        "sha256": digest, "sha256_file": str(sha_path), "manifest_file": str(manifest_path),
-        "image_id": image_id, "ref": ref, "seconds": round(seconds, 2),
-        "mb_per_s": round(read / 1e6 / seconds, 1) if seconds > 0 else None,
-    })
+    yield SaveResult(name, path=str(path), format=fmt, bytes=manifest["bytes"], tar_bytes=read,
+                     sha256=digest, sha256_file=str(sha_path), manifest_file=str(manifest_path),
+                     image_id=image_id, ref=ref, seconds=round(seconds, 2),
+                     mb_per_s=round(read / 1e6 / seconds, 1) if seconds > 0 else None)
 
 
 def _save_progress(name: str, path: Path, read: int, estimate: int, written: int) -> Iterator[Event]:
     yield Progress(name, "export", read, max(estimate, read) if estimate else 0, "reading")
     yield Progress(name, path.name, written, 0, "written")
-
-
-# -- load -----------------------------------------------------------------
-
-class _SourceFailed(Exception):
-    """The archive could not be read while streaming it to the engine (not an
-    OSError, so that the HTTP stack passes it through unwrapped)."""
-
-
-def sniff(path: Path) -> str:
-    """'zip', 'gz' or 'tar' from the first bytes; a compat .zip is a 'tar'."""
-    with path.open("rb") as f:
-        head = f.read(512)
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head.startswith(b"\x1f\x8b"):
-        return "gz"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return "tar"
-    if head.startswith(b"PK\x05\x06"):
-        raise LoadError(f"{path}: an empty ZIP archive (no image in it)")
-    raise LoadError(f"{path}: not an image archive (neither a ZIP, a tar nor a gzip'd tar)")
-
-
-def _sha256_file(path: Path) -> Iterator[Event | str]:
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    done, last = 0, 0.0
-    with path.open("rb") as f:
-        while True:
-            block = f.read(CHUNK)
-            if not block:
-                break
-            h.update(block)
-            done += len(block)
-            if time.monotonic() - last >= PROGRESS_EVERY:
-                last = time.monotonic()
-                yield Progress("", path.name, done, size, "verifying")
-    yield h.hexdigest()
-
-
-def _chunks(path: Path, kind: str, progress: list[int]) -> Iterator[bytes]:
-    """The tar inside the archive, in chunks; any read or format error becomes
-    _SourceFailed with one clear line (it also aborts the upload to the engine)."""
-    try:
-        if kind == "zip":
-            try:
-                zf = zipfile.ZipFile(path)
-            except zipfile.BadZipFile:
-                raise _SourceFailed(f"{path}: not a complete ZIP archive (its central directory "
-                                    "is missing or damaged; truncated?)") from None
-            with zf:
-                members = [i for i in zf.infolist() if not i.is_dir()]
-                tars = [i for i in members if i.filename.endswith(".tar")] or members
-                if not tars:
-                    raise _SourceFailed(f"{path}: the ZIP archive holds no file")
-                info = tars[0]
-                progress[1] = info.file_size
-                with zf.open(info) as src:
-                    while True:
-                        block = src.read(CHUNK)
-                        if not block:
-                            break
-                        progress[0] += len(block)
-                        yield block
-            return
-        with path.open("rb") as raw:
-            src = gzip.GzipFile(fileobj=raw, mode="rb") if kind == "gz" else raw
-            progress[1] = path.stat().st_size
-            while True:
-                block = src.read(CHUNK)
-                if not block:
-                    break
-                progress[0] = raw.tell()
-                yield block
-    except _SourceFailed:
-        raise
-    except zipfile.BadZipFile as e:
-        raise _SourceFailed(f"{path}: corrupt ZIP archive ({e})") from None
-    except EOFError:
-        raise _SourceFailed(f"{path}: truncated archive (the compressed data ends early)") from None
-    except gzip.BadGzipFile as e:
-        raise _SourceFailed(f"{path}: corrupt gzip data ({e})") from None
-    except zlib.error as e:
-        raise _SourceFailed(f"{path}: corrupt compressed data ({e})") from None
-    except OSError as e:
-        raise _SourceFailed(f"{path}: reading failed: {e.strerror or e}") from None
-
-
-def load(path: Path, engine: Engine) -> Iterator[Event]:
-    """Load an image archive made by save (or by `docker save`). Yields Info,
-    Progress and a final Result. Raises LoadError (14) or Interrupted (130)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoadError(f"{path}: no such file")
-    sha_path, manifest_path = sidecars(path)
-    label = path.name
-    checksum = "no sidecar"
-    try:
-        if sha_path.is_file():
-            try:
-                expected = sha_path.read_text().split()[0].lower()
-            except (OSError, IndexError):
-                raise LoadError(f"{sha_path}: unreadable checksum file") from None
-            got = ""
-            for item in _sha256_file(path):
-                if isinstance(item, str):
-                    got = item
-                else:
-                    yield item
-            if got != expected:
-                raise LoadError(f"{path}: checksum mismatch: {sha_path.name} says {expected[:16]}…, "
-                                f"the file is {got[:16]}…; the archive is corrupt or truncated")
-            checksum = "verified"
-            yield Info("", f"{label}: sha256 matches {sha_path.name}")
-        manifest = None
-        if manifest_path.is_file():
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise LoadError(f"{manifest_path}: unreadable manifest: {e}") from None
-        kind = sniff(path)
-        progress = [0, 0]
-        failure: list[str] = []
-
-        def source() -> Iterator[bytes]:
-            try:
-                yield from _chunks(path, kind, progress)
-            except _SourceFailed as e:
-                failure.append(str(e))
-                raise
-
-        # the upload runs in a thread so that progress can be shown while it goes
-        outcome: dict = {}
-
-        def upload() -> None:
-            try:
-                outcome["items"] = list(engine.load(source()))
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread
-                outcome["error"] = e
-
-        worker = threading.Thread(target=upload, daemon=True, name="imagekit-load")
-        worker.start()
-        while worker.is_alive():
-            worker.join(PROGRESS_EVERY)
-            yield Progress("", label, progress[0], progress[1], "loading")
-        if failure:  # the archive's own error explains the engine's
-            raise LoadError(failure[0])
-        err = outcome.get("error")
-        if isinstance(err, ImagekitError):
-            raise LoadError(f"{path}: {err.message}")
-        if err is not None:
-            raise err
-        refs: list[str] = []
-        loaded_ids: list[str] = []
-        for item in outcome.get("items") or []:
-            if "errorDetail" in item or "error" in item:
-                detail = item.get("errorDetail") or {}
-                msg = " ".join(str(detail.get("message") or item.get("error")).split())
-                raise LoadError(f"{path}: the engine refused the archive: {msg}")
-            text = str(item.get("stream") or "").strip()
-            if text.startswith("Loaded image: "):
-                refs.append(text.removeprefix("Loaded image: ").strip())
-            elif text.startswith("Loaded image ID: "):
-                loaded_ids.append(text.removeprefix("Loaded image ID: ").strip())
-    except KeyboardInterrupt:
-        raise Interrupted(f"{path}: load interrupted; the engine discards a partial load") from None
-
-    image_id = loaded_ids[0] if loaded_ids else ""
-    for ref in refs:
-        img = engine.image(ref)
-        if img:
-            image_id = img["Id"]
-            break
-    if not image_id:
-        raise LoadError(f"{path}: the engine loaded no image from the archive")
-    matches = None
-    if manifest and manifest.get("image_id"):
-        matches = manifest["image_id"] == image_id
-        if not matches:
-            raise LoadError(f"{path}: loaded image {image_id[:19]}, but {manifest_path.name} says "
-                            f"{str(manifest['image_id'])[:19]}; the archive is not the one saved")
-    yield Result((manifest or {}).get("image", ""), "load", {
-        "path": str(path), "format": kind, "refs": refs, "image_id": image_id,
-        "checksum": checksum, "manifest": "image ID matches" if matches else "no manifest",
-    })

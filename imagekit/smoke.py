@@ -27,18 +27,70 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build as build_stage
+from . import records
 from .config import Project
-from .engine import Engine
-from .errors import GpuUnavailable, Interrupted, SmokeError
-from .events import Event, Info, Log, Result, Warn
-from .spec import Plan
+from .engine import EngineAPI
+from .errors import EngineUnavailable, GpuUnavailable, Interrupted, SmokeError
+from .events import (
+    Event,
+    FrameworkReport,
+    Info,
+    Log,
+    NotebookResult,
+    SmokeResult,
+    TrainingResult,
+    TrainingRun,
+    Warn,
+)
+from .spec import JupyterSpec, SmokeSpec
+from .targets import ImageTarget
 
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
 CHECK_MOUNT = "/imagekit/checks"
 REPORT_MARK = "IMAGEKIT_REPORT "
 NOTEBOOK_BASE_URL = "/imagekit/smoke/"
 NO_GPU_NOTE = "ran on CPU: this engine has no GPU"
+NETWORK_OFF = ("the smoke containers have no network (as on many training platforms' nodes); "
+               "if the image must download something at run time, allow it with --network")
+PROBE = (
+    "import importlib,json\n"
+    "for fw,mod in (('pytorch','torch'),('tensorflow','tensorflow'),('mxnet','mxnet')):\n"
+    "    try:\n"
+    "        m=importlib.import_module(mod)\n"
+    "    except Exception:\n"
+    "        continue\n"
+    "    print(json.dumps({'framework':fw,'version':getattr(m,'__version__','')}))\n"
+    "    break\n"
+)
+
+
+@dataclass(frozen=True)
+class SmokeTarget:
+    """What the smoke stage tests: a catalog image (its spec says how to train
+    it) or any image the engine holds (framework from its labels or a probe;
+    training only with a --command)."""
+
+    name: str
+    ref: str
+    image_id: str
+    framework: str | None
+    version: str | None
+    device: str
+    settings: SmokeSpec
+    train_command: str | None = None
+    jupyter: JupyterSpec | None = None
+
+    @classmethod
+    def of(cls, target: ImageTarget, command: str | None = None) -> SmokeTarget:
+        if target.plan is not None:
+            m = target.plan.spec.model
+            train = command or (m.train.command if m.train else None)
+            return cls(target.name, target.ref, target.image_id, target.plan.framework,
+                       target.plan.version, target.plan.device, m.smoke, train,
+                       m.jupyter if m.jupyter.enabled else None)
+        settings = SmokeSpec(steps_args="", resume=False) if command else SmokeSpec()
+        return cls(target.name, target.ref, target.image_id, target.fact("framework"),
+                   target.fact("version"), target.fact("device") or "cpu", settings, command)
 
 
 @dataclass
@@ -72,9 +124,10 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _run(engine: Engine, image: str, command: list[str], *, what: str, name: str, log: _Log,
+def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: str, log: _Log,
          timeout: int, volumes: dict | None = None, gpus: bool = False,
-         files: bytes | None = None, env: dict | None = None) -> Iterator[Event | RunOutcome]:
+         files: bytes | None = None, env: dict | None = None,
+         network: bool = False) -> Iterator[Event | RunOutcome]:
     """Run one container to its end, streaming its log; yield Log events and
     finally a RunOutcome. Raise SmokeError on timeout."""
     log.write(f"$ {shlex.join(command)}")
@@ -83,7 +136,8 @@ def _run(engine: Engine, image: str, command: list[str], *, what: str, name: str
     report = None
     lines: queue.Queue = queue.Queue()
     with engine.container(image, command, name=f"imagekit-smoke-{uuid.uuid4().hex[:10]}",
-                          volumes=volumes, gpus=gpus, files=files, env=env) as cid:
+                          volumes=volumes, gpus=gpus, files=files, env=env,
+                          network=network) as cid:
         def pump() -> None:
             buf = b""
             try:
@@ -144,153 +198,209 @@ def _outcome(gen) -> Iterator[Event]:
     return result["outcome"]
 
 
-def gpu_choice(plan: Plan, engine: Engine, mode: str) -> tuple[bool, str | None]:
+def gpu_choice(target: SmokeTarget, engine: EngineAPI, mode: str) -> tuple[bool, str | None]:
     """Whether to request GPUs, and a note for the report."""
     if mode == "off":
-        return False, "GPU use turned off (--gpu off)" if plan.device == "gpu" else None
+        return False, "GPU use turned off (--gpu off)" if target.device == "gpu" else None
     capable = engine.gpu_capable()
     if mode == "require":
         if not capable:
-            raise GpuUnavailable(f"{plan.name}: --gpu require, but the engine at this "
+            raise GpuUnavailable(f"{target.name}: --gpu require, but the engine at this "
                                  "DOCKER_HOST has no GPU (no nvidia runtime or CDI GPU devices "
                                  "in `docker info`)")
         return True, None
-    if plan.device == "gpu":
+    if target.device == "gpu":
         return (True, None) if capable else (False, NO_GPU_NOTE)
     return False, None
 
 
-def smoke(plan: Plan, project: Project, engine: Engine, *, gpu: str = "auto",
-          steps: int | None = None, timeout: int | None = None) -> Iterator[Event]:
-    name = plan.name
-    m = plan.spec.model
-    ref = plan.spec.image_ref()
-    image = engine.image(ref)
-    if image is None:
-        raise SmokeError(f"{name}: image {ref} is not built; run `imagekit build {name}` first")
-    image_id = image["Id"]
-    use_gpu, note = gpu_choice(plan, engine, gpu)
+def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str = "auto",
+          steps: int | None = None, timeout: int | None = None,
+          network: bool = False) -> Iterator[Event]:
+    name = target.name
+    ref = target.ref
+    if engine.image(ref) is None:
+        raise SmokeError(f"{name}: image {ref} is not in the engine; run `imagekit build {name}` "
+                         "first")
+    use_gpu, note = gpu_choice(target, engine, gpu)
     if note:
         yield Warn(name, note)
-    steps = steps or m.smoke.steps
-    timeout = timeout or m.smoke.timeout
+    settings = target.settings
+    steps = steps or settings.steps
+    timeout = timeout or settings.timeout
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log = _Log(project.state_dir / "logs" / f"{name}.smoke-{stamp}.log")
-    report: dict = {"name": name, "image": ref, "image_id": image_id, "gpu_mode": gpu,
-                    "gpu_requested": use_gpu, "note": note, "log": str(log.path),
-                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "passed": False}
+    log = _Log(project.state_dir / "logs" / f"{_file_name(name)}.smoke-{stamp}.log")
+    result = SmokeResult(name, ref=ref, image_id=target.image_id, gpu_mode=gpu,
+                         gpu_requested=use_gpu, note=note, log=str(log.path),
+                         started_at=records.now())
+    run = _Runner(target, engine, log, use_gpu, timeout, network)
     t0 = time.monotonic()
     try:
-        if m.smoke.framework_check:
-            report["framework_check"] = yield from _framework_check(
-                plan, engine, ref, log, use_gpu, gpu, timeout)
-        if m.train is not None:
-            report["training"] = yield from _training(plan, engine, ref, log, use_gpu,
-                                                      steps, timeout)
-        if m.jupyter.enabled:
-            report["notebook"] = yield from _notebook(plan, engine, ref, log, timeout)
-        report["passed"] = True
+        if settings.framework_check:
+            if target.framework is None:
+                target = yield from _probe(run)
+                run.target = target
+            result.framework_check = yield from _framework_check(run, gpu)
+        if target.train_command:
+            result.training = yield from _training(run, steps)
+        if target.jupyter is not None:
+            result.notebook = yield from _notebook(run)
+        result.passed = True
     except SmokeError as e:
-        report["error"] = e.message
+        result.error = e.message
         raise
+    except EngineUnavailable as e:
+        result.error = e.message
+        raise SmokeError(f"{name}: {e.message}; the smoke test did not finish") from None
     finally:
-        report["seconds"] = round(time.monotonic() - t0, 2)
-        _store(project, image_id, report)
-    yield Result(name, "smoke", report)
+        result.seconds = round(time.monotonic() - t0, 2)
+        records.store_smoke(project, result)
+    yield result
 
 
-def _framework_check(plan, engine, ref, log, use_gpu, mode, timeout):
-    name = plan.name
-    script = f"{plan.framework}_check.py"
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100]
+
+
+@dataclass
+class _Runner:
+    """What every smoke container of one test shares."""
+
+    target: SmokeTarget
+    engine: EngineAPI
+    log: _Log
+    gpus: bool
+    timeout: int
+    network: bool
+
+    def run(self, cmd: list[str], what: str, **kw) -> Iterator[Event | RunOutcome]:
+        return _run(self.engine, self.target.ref, cmd, what=what, name=self.target.name,
+                    log=self.log, timeout=self.timeout, gpus=self.gpus,
+                    network=self.network, **kw)
+
+    def failure(self, message: str, out: RunOutcome | None = None) -> SmokeError:
+        tail = [f"| {t}" for t in (out.tail[-8:] if out else [])]
+        if out is not None and not self.network and _network_trouble(out.tail):
+            message += f" ({NETWORK_OFF})"
+        return SmokeError(f"{self.target.name}: {message}",
+                          details=[*tail, f"full log: {self.log.path}"])
+
+
+NET_HINTS = ("Temporary failure in name resolution", "Name or service not known",
+             "Network is unreachable", "nodename nor servname", "Failed to establish a new "
+             "connection", "urlopen error", "Could not resolve host", "No route to host")
+
+
+def _network_trouble(lines: list[str]) -> bool:
+    return any(h in line for line in lines for h in NET_HINTS)
+
+
+def _probe(run: _Runner):
+    """Which framework an image from outside the catalog holds (the first of
+    torch, tensorflow, mxnet that imports)."""
+    t = run.target
+    yield Info(t.name, "no imagekit labels: finding the framework (torch, tensorflow, mxnet)")
+    out = yield from _outcome(run.run(["python", "-c", PROBE], "framework probe",
+                                      env={"TF_CPP_MIN_LOG_LEVEL": "3"}))
+    found = None
+    for line in reversed(out.tail):
+        try:
+            found = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if out.code != 0 or not isinstance(found, dict):
+        raise run.failure("no framework found: none of torch, tensorflow, mxnet imports "
+                          "with the image's `python`", out)
+    yield Info(t.name, f"found {found['framework']} {found['version']}")
+    return SmokeTarget(t.name, t.ref, t.image_id, found["framework"], found["version"],
+                       t.device, t.settings, t.train_command, t.jupyter)
+
+
+def _framework_check(run: _Runner, mode: str):
+    t = run.target
+    name = t.name
+    script = f"{t.framework}_check.py"
     device = "gpu" if mode == "require" else "auto"
     cmd = ["python", f"{CHECK_MOUNT}/{script}", "--steps", "50", "--device", device]
-    files = _tar({f"imagekit/checks/{script}": (CHECKS_DIR / script).read_bytes()})
-    yield Info(name, f"framework check: {plan.framework} {plan.version}, "
-                     f"{'GPU requested' if use_gpu else 'CPU'}")
-    out = yield from _outcome(_run(engine, ref, cmd, what="framework check", name=name,
-                                   log=log, timeout=timeout, gpus=use_gpu, files=files,
-                                   env={"PYTHONDONTWRITEBYTECODE": "1",
-                                        "TF_CPP_MIN_LOG_LEVEL": "2"}))
-    rep = out.report
+    files = _tar({f"imagekit/checks/{f}": (CHECKS_DIR / f).read_bytes()
+                  for f in ("harness.py", "readiness.py", script)})
+    yield Info(name, f"framework check: {t.framework} {t.version or ''}, "
+                     f"{'GPU requested' if run.gpus else 'CPU'}")
+    out = yield from _outcome(run.run(cmd, "framework check", files=files,
+                                      env={"PYTHONDONTWRITEBYTECODE": "1",
+                                           "TF_CPP_MIN_LOG_LEVEL": "2"}))
+    rep = FrameworkReport.from_json(out.report) if isinstance(out.report, dict) else None
     if out.code == 2 and rep is not None:
-        raise GpuUnavailable(f"{name}: {rep.get('reason')}")
-    if out.code != 0 or rep is None or not rep.get("ok"):
-        reason = (rep or {}).get("reason") or (out.tail[-1] if out.tail else f"exit {out.code}")
-        raise SmokeError(f"{name}: framework check failed: {reason}",
-                         details=[*(f"| {t}" for t in out.tail[-8:]), f"full log: {log.path}"])
-    rep["wall_seconds"] = round(out.seconds, 2)
-    yield Info(name, f"framework check ok: {rep['framework']} {rep['version']} on "
-                     f"{rep['device']} ({rep['device_name']}), {rep['steps']} steps, loss "
-                     f"{rep['loss_first']:.4g} -> {rep['loss_last']:.4g}, "
-                     f"{rep['steps_per_sec']} steps/s")
+        raise GpuUnavailable(f"{name}: {rep.reason}")
+    if out.code != 0 or rep is None or not rep.ok:
+        reason = (rep.reason if rep else None) or \
+            (out.tail[-1] if out.tail else f"exit {out.code}")
+        raise run.failure(f"framework check failed: {reason}", out)
+    rep.wall_seconds = round(out.seconds, 2)
+    yield Info(name, f"framework check ok: {rep.framework} {rep.version} on {rep.device} "
+                     f"({rep.device_name}), {rep.steps} steps, loss {rep.loss_first:.4g} -> "
+                     f"{rep.loss_last:.4g}, {rep.steps_per_sec} steps/s")
     return rep
 
 
-def _train_command(plan: Plan, steps: int, extra: str = "") -> list[str]:
-    m = plan.spec.model
-    cmd = shlex.split(m.train.command)
-    cmd += shlex.split(m.smoke.steps_args.format(steps=steps))
+def _train_command(target: SmokeTarget, steps: int, extra: str = "") -> list[str]:
+    cmd = shlex.split(target.train_command or "")
+    cmd += shlex.split(target.settings.steps_args.format(steps=steps))
     return cmd + shlex.split(extra)
 
 
-def _training(plan, engine, ref, log, use_gpu, steps, timeout):
-    name = plan.name
-    m = plan.spec.model
+def _training(run: _Runner, steps: int):
+    t = run.target
+    name, ref, s = t.name, t.ref, t.settings
     uid = uuid.uuid4().hex[:8]
-    result: dict = {"steps": steps, "runs": []}
-    with engine.volume(f"imagekit-smoke-{uid}-data", ref) as data, \
-            engine.volume(f"imagekit-smoke-{uid}-output", ref) as output:
-        volumes = {data: m.smoke.data_dir, output: m.smoke.output_dir}
+    result = TrainingResult(steps)
+    with run.engine.volume(f"imagekit-smoke-{uid}-data", ref) as data, \
+            run.engine.volume(f"imagekit-smoke-{uid}-output", ref) as output:
+        volumes = {data: s.data_dir, output: s.output_dir}
         runs = [(steps, "")]
-        if m.smoke.resume:
-            runs.append((2 * steps, m.smoke.resume_args))
+        if s.resume:
+            runs.append((2 * steps, s.resume_args))
         for i, (n, extra) in enumerate(runs):
-            cmd = _train_command(plan, n, extra)
+            cmd = _train_command(t, n, extra)
             what = "training" if i == 0 else "resumed training"
             yield Info(name, f"{what}: {shlex.join(cmd)}")
-            out = yield from _outcome(_run(engine, ref, cmd, what=what, name=name, log=log,
-                                           timeout=timeout, volumes=volumes, gpus=use_gpu))
-            result["runs"].append({"command": cmd, "exit": out.code,
-                                   "seconds": round(out.seconds, 2)})
+            out = yield from _outcome(run.run(cmd, what, volumes=volumes))
+            result.runs.append(TrainingRun(cmd, out.code, round(out.seconds, 2)))
             if out.code != 0:
-                raise SmokeError(f"{name}: {what} exited with code {out.code}: "
-                                 f"{out.tail[-1] if out.tail else '(no output)'}",
-                                 details=[*(f"| {t}" for t in out.tail[-8:]),
-                                          f"full log: {log.path}"])
+                raise run.failure(f"{what} exited with code {out.code}: "
+                                  f"{out.tail[-1] if out.tail else '(no output)'}", out)
             if i == 1:
-                want = m.smoke.resume_log.format(steps=steps)
-                if not any(want in t for t in out.tail) and want not in log.path.read_text():
-                    raise SmokeError(f"{name}: the second run did not resume from the first "
-                                     f"(expected {want!r} in its log)",
-                                     details=[f"full log: {log.path}"])
-                result["resumed_from"] = steps
-        found = yield from _output_files(engine, ref, output, m.smoke.output_dir)
-        result["output_files"] = found[:50]
-        missing = [pat for pat in m.smoke.expect
+                want = s.resume_log.format(steps=steps)
+                if not any(want in line for line in out.tail) and \
+                        want not in run.log.path.read_text():
+                    raise run.failure(f"the second run did not resume from the first "
+                                      f"(expected {want!r} in its log)")
+                result.resumed_from = steps
+        found = _output_files(run.engine, ref, output, s.output_dir)
+        result.output_files = found[:50]
+        missing = [pat for pat in s.expect
                    if not any(fnmatch.fnmatch(f, pat) or fnmatch.fnmatch(f.split("/")[-1], pat)
                               for f in found)]
         if missing:
-            raise SmokeError(f"{name}: expected output {', '.join(missing)} did not appear in "
-                             f"{m.smoke.output_dir} (found: {', '.join(found[:8]) or 'nothing'})",
-                             details=[f"full log: {log.path}"])
-    yield Info(name, f"training ok: {len(result['runs'])} run(s), "
-                     f"{len(found)} files in {m.smoke.output_dir}"
-               + (f", resumed from step {steps}" if m.smoke.resume else ""))
+            raise run.failure(f"expected output {', '.join(missing)} did not appear in "
+                              f"{s.output_dir} (found: {', '.join(found[:8]) or 'nothing'})")
+    yield Info(name, f"training ok: {len(result.runs)} run(s), {len(found)} files in "
+                     f"{s.output_dir}" + (f", resumed from step {steps}" if s.resume else ""))
     return result
 
 
-def _output_files(engine, ref, volume, path):
+def _output_files(engine: EngineAPI, ref: str, volume: str, path: str) -> list[str]:
     with engine.container(ref, ["true"], name=f"imagekit-smoke-{uuid.uuid4().hex[:10]}",
-                          volumes={volume: path}) as cid:
+                          volumes={volume: path}, network=False) as cid:
         engine.wait(cid, timeout=60)
         return engine.files_in(cid, path)
-    yield  # pragma: no cover - makes this a generator like its siblings
 
 
-def _notebook(plan, engine, ref, log, timeout):
-    name = plan.name
-    j = plan.spec.model.jupyter
+def _notebook(run: _Runner):
+    t = run.target
+    name, ref, engine, log = t.name, t.ref, run.engine, run.log
+    j = t.jupyter
     uid = uuid.uuid4().hex[:8]
     base = NOTEBOOK_BASE_URL
     probe = (
@@ -306,29 +416,31 @@ def _notebook(plan, engine, ref, log, timeout):
     )
     yield Info(name, f"notebook: starting JupyterLab with {j.base_url_env}={base}, "
                      "/code and /dataset mounted empty")
+    # the probe runs inside the container, so the lab needs no network either
     with engine.volume(f"imagekit-smoke-{uid}-code", ref) as code, \
             engine.volume(f"imagekit-smoke-{uid}-dataset", ref) as dataset, \
             engine.container(ref, None, name=f"imagekit-smoke-{uid}-lab",
                              volumes={code: "/code", dataset: "/dataset"},
-                             env={j.base_url_env: base}) as cid:
+                             env={j.base_url_env: base}, network=run.network) as cid:
         started = time.monotonic()
         last = ""
-        while time.monotonic() - started < min(timeout, 180):
-            state = engine.inspect_container(cid)["State"]
-            if not state.get("Running"):
+        while time.monotonic() - started < min(run.timeout, 180):
+            state = engine.state(cid)
+            if not state.running:
                 logs = b"".join(engine.logs(cid, follow=False)).decode(errors="replace")
                 for line in logs.splitlines():
                     log.write(line)
-                raise SmokeError(f"{name}: JupyterLab exited with code {state.get('ExitCode')}"
+                raise SmokeError(f"{name}: JupyterLab exited with code {state.exit_code}"
                                  f" before answering: {logs.strip().splitlines()[-1:] or ''}",
                                  details=[f"full log: {log.path}"])
             code_, out = engine.exec_run(cid, ["python", "-c", probe])
             if code_ == 0:
-                result = json.loads(out.strip().splitlines()[-1])
-                result["url"] = base + "lab"
-                result["seconds_to_answer"] = round(time.monotonic() - started, 2)
+                data = json.loads(out.strip().splitlines()[-1])
+                result = NotebookResult(base + "lab", round(time.monotonic() - started, 2),
+                                        int(data.get("lab", 200)), int(data.get("api_status", 200)),
+                                        data.get("started"))
                 yield Info(name, f"notebook ok: JupyterLab answered at {base}lab and "
-                                 f"{base}api/status in {result['seconds_to_answer']}s")
+                                 f"{base}api/status in {result.seconds_to_answer}s")
                 return result
             last = out.strip().splitlines()[-1] if out.strip() else ""
             time.sleep(1)
@@ -337,19 +449,3 @@ def _notebook(plan, engine, ref, log, timeout):
             log.write(line)
     raise SmokeError(f"{name}: JupyterLab did not answer under {base} in time ({last})",
                      details=[f"full log: {log.path}"])
-
-
-def _store(project: Project, image_id: str, report: dict) -> Path:
-    d = project.state_dir / "smoke"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{image_id.removeprefix('sha256:')[:16]}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    build_stage.update_record(project, image_id, smoke={
-        "passed": report.get("passed", False), "report": str(path),
-        "at": report.get("started_at")})
-    return path
-
-
-def passed(project: Project, image_id: str) -> bool:
-    rec = build_stage.load_record(project, image_id) or {}
-    return bool((rec.get("smoke") or {}).get("passed"))
