@@ -318,11 +318,17 @@ def smoke(
         "--command", help="For an image from outside the catalog: your training command, run "
         "with fresh data and output volumes (the spec's train.command for catalog images).")]
     = None,
+    engine_url: Annotated[str | None, typer.Option(
+        "--engine", metavar="URL", help="Run the smoke test on another Docker engine "
+        "(ssh://user@gpu-box, tcp://host:2376, any DOCKER_HOST form); the image is shipped "
+        "there when it lacks it.")] = None,
 ) -> None:
     """Run a short real training inside built images (or any image the engine
     holds) and judge it."""
+    from .ship import ship
     project = state.project
     engine = Engine.connect()
+    runner = Engine.connect(url=engine_url) if engine_url else engine
 
     def stages() -> Iterator[Event]:
         for item in _chosen(names, all_, "smoke"):
@@ -330,11 +336,13 @@ def smoke(
                 yield item
                 continue
             target = targets.resolve(project, engine, item, error=smoke_stage.SmokeError)
+            if runner is not engine:
+                yield from ship(project, target, engine, runner, engine_url)
             if command is not None and target.plan is not None:
                 raise UsageError("--command is for images from outside the catalog; a catalog "
                                  "image trains with its spec's train.command")
             yield from smoke_stage.smoke(smoke_stage.SmokeTarget.of(target, command), project,
-                                         engine, gpu=gpu.value, steps=steps, timeout=timeout,
+                                         runner, gpu=gpu.value, steps=steps, timeout=timeout,
                                          network=network)
 
     _show(stages())

@@ -121,6 +121,7 @@ class EngineAPI(Protocol):
     def save(self, ref: str | list[str], chunk_size: int = ...) -> Iterator[bytes]: ...
     def load(self, data: IO[bytes] | Iterator[bytes]) -> list[str]: ...
     def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[PushItem]: ...
+    def pull(self, ref: str, auth: dict | None) -> None: ...
     def registry_auth(self, registry: str) -> dict | None: ...
     def distribution_digest(self, ref: str, auth: dict | None) -> str: ...
 
@@ -390,6 +391,17 @@ class Engine:
         if not digest:
             raise EngineStreamError("the push stream ended without a manifest digest")
         yield PushDone(digest)
+
+    def pull(self, ref: str, auth: dict | None) -> None:
+        """Pull `ref` (by digest, usually) into this engine."""
+        repo, _, digest = ref.partition("@")
+        try:
+            for item in self.api.pull(repo, tag=digest or None, stream=True, decode=True,
+                                      auth_config=auth):
+                if isinstance(item, dict) and ("errorDetail" in item or "error" in item):
+                    raise EngineStreamError(_stream_error(item))
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise EngineError(f"pull of {ref} failed: {_explain(e)}") from e
 
     def registry_auth(self, registry: str) -> dict | None:
         """Credentials for `registry` from the Docker config file: its `auths`,

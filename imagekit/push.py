@@ -283,6 +283,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
         raise type(err)(f"{name}: {message}", details=details)
 
     by_dest = {x.dest: x for x in done}
+    records.add_pushed(project, image_id, [f"{d.repo}@{by_dest[d].digest}" for d in dests])
     yield PushResult(name, image_id=image_id, source=src,
                      smoke_gate="on" if smoke_gate else "off", smoke_passed=passed,
                      destinations=[PushedDestination(

@@ -46,6 +46,7 @@ class BuildRecord:
     cached_steps: int = 0
     dockerfile: str = ""
     smoke: SmokeMark | None = None
+    pushed: list[str] = field(default_factory=list)    # REPO@DIGEST this image was pushed as
 
     @classmethod
     def from_json(cls, data: dict) -> BuildRecord:
@@ -133,6 +134,12 @@ def store_smoke(project: Project, result: SmokeResult) -> Path:
 def smoke_passed(project: Project, image_id: str) -> bool:
     rec = read(project, image_id)
     return bool(rec and rec.smoke and rec.smoke.passed)
+
+
+def add_pushed(project: Project, image_id: str, pinned: list[str]) -> None:
+    rec = read(project, image_id) or BuildRecord(image_id)
+    rec.pushed = list(dict.fromkeys([*pinned, *rec.pushed]))[:20]
+    _write_json(build_path(project, image_id), asdict(rec))
 
 
 def set_last_build(project: Project, names: list[str], command: str,

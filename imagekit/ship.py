@@ -1,0 +1,80 @@
+"""Getting an image onto another engine (the GPU box a smoke test runs on):
+pulled there by digest from a registry it was pushed to, else streamed from
+this engine's export straight into that engine's load, with no file on disk.
+Nothing of this machine is assumed there: no bind mounts, no wheelhouse."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from . import records
+from .config import Project
+from .engine import EngineAPI
+from .errors import EngineError, ImagekitError, SmokeError
+from .events import Event, Info, Progress, Warn
+from .targets import ImageTarget
+
+PROGRESS_EVERY = 0.5
+
+
+def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: EngineAPI,
+         where: str) -> Iterator[Event]:
+    """Make `target.ref` name the same image ID on `remote`."""
+    name, image_id = target.name, target.image_id
+    repo, _, tag = target.ref.rpartition(":") if ":" in target.ref.rsplit("/", 1)[-1] \
+        else (target.ref, "", "latest")
+    held = remote.image(target.ref)
+    if held is not None and held.id == image_id:
+        yield Info(name, f"{where} already holds {target.ref} ({image_id[:19]})")
+        return
+    if remote.image(image_id) is not None:
+        remote.tag(image_id, repo, tag)
+        yield Info(name, f"{where} already holds {image_id[:19]}; tagged it {target.ref}")
+        return
+    rec = records.read(project, image_id)
+    for pinned in rec.pushed if rec else []:
+        yield Info(name, f"pulling {pinned} on {where} (pushed there before)")
+        try:
+            remote.pull(pinned, None)
+        except EngineError as e:
+            yield Warn(name, f"{where} could not pull {pinned}: {e.message}")
+            continue
+        got = remote.image(pinned)
+        if got is not None and got.id == image_id:
+            remote.tag(image_id, repo, tag)
+            yield Info(name, f"shipped {target.ref} to {where} by pulling {pinned}")
+            return
+        yield Warn(name, f"{pinned} on {where} is {got.id[:19] if got else 'nothing'}, not "
+                         f"{image_id[:19]}")
+    yield Info(name, f"streaming {target.ref} ({target.image.size / 1e6:.0f} MB) from this "
+                     f"engine to {where} (export -> load, nothing on disk)")
+    sent = [0]
+    outcome: dict = {}
+
+    def chunks() -> Iterator[bytes]:
+        for block in local.save(target.ref):
+            sent[0] += len(block)
+            yield block
+
+    def work() -> None:
+        try:
+            outcome["loaded"] = remote.load(chunks())
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work, daemon=True, name="imagekit-ship")
+    worker.start()
+    while worker.is_alive():
+        worker.join(PROGRESS_EVERY)
+        yield Progress(name, f"to {where}", sent[0], target.image.size, "shipping")
+    err = outcome.get("error")
+    if isinstance(err, ImagekitError):
+        raise SmokeError(f"{name}: shipping {target.ref} to {where} failed: {err.message}")
+    if err is not None:
+        raise err
+    got = remote.image(target.ref)
+    if got is None or got.id != image_id:
+        raise SmokeError(f"{name}: after shipping, {where} holds "
+                         f"{got.id[:19] if got else 'no'} {target.ref}, not {image_id[:19]}")
+    yield Info(name, f"shipped {target.ref} to {where} ({sent[0] / 1e6:.0f} MB streamed)")
