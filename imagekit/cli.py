@@ -205,9 +205,26 @@ def render(name: Annotated[str, typer.Argument(help="Image name.")]) -> None:
     sys.stdout.write(render_plan(project.catalog.resolve(name), project))
 
 
+DriverOpt = Annotated[str | None, typer.Option(
+    "--driver", metavar="VERSION", help="The training platform's NVIDIA driver, e.g. 470.82.01 "
+    "(default: imagekit.toml [platform] driver).")]
+GpuArchOpt = Annotated[list[str] | None, typer.Option(
+    "--gpu-arch", metavar="SM", help="The platform's GPU architecture (sm_80, 8.0, or a model "
+    "like A100; repeat for several; default: imagekit.toml [platform] gpu_arch).")]
+
+
 @app.command("matrix")
-def matrix_() -> None:
-    """Show the compatibility matrix: framework versions, Python, CUDA, base."""
+def matrix_(driver: DriverOpt = None, gpu_arch: GpuArchOpt = None) -> None:
+    """Show the compatibility matrix: framework versions, Python, CUDA, base; with
+    --driver or --gpu-arch, which GPU builds fit that platform."""
+    if driver or gpu_arch:
+        rows = [MatrixRow(f.framework, f.version, cuda=f"{f.cuda} (built for {f.cuda_build})"
+                          if f.cuda_build else f.cuda, archs=" ".join(f.sass + f.ptx),
+                          driver=f">= {f.driver_needed}",
+                          fit="yes" if f.fits else f"no: {f.reason}")
+                for f in matrix.fits(driver, gpu_arch)]
+        _show(iter([MatrixResult("", rows=rows)]))
+        return
     data = matrix.load()
     rows = []
     for fw, spec in data["frameworks"].items():
@@ -273,9 +290,11 @@ def build(
         yield from fetch.ensure(plan, project)
 
     def after(plan: Plan) -> Iterator[Event]:
+        from .gpu import platform
         target = targets.resolve(project, engine, plan.name)
         return smoke_stage.smoke(smoke_stage.SmokeTarget.of(target), project, engine,
-                                 gpu=gpu.value, network=network)
+                                 gpu=gpu.value, network=network,
+                                 platform=platform(None, None, project.config.platform))
 
     def stages() -> Iterator[Event]:
         for p in left_out:
@@ -318,6 +337,8 @@ def smoke(
         "--command", help="For an image from outside the catalog: your training command, run "
         "with fresh data and output volumes (the spec's train.command for catalog images).")]
     = None,
+    driver: DriverOpt = None,
+    gpu_arch: GpuArchOpt = None,
     engine_url: Annotated[str | None, typer.Option(
         "--engine", metavar="URL", help="Run the smoke test on another Docker engine "
         "(ssh://user@gpu-box, tcp://host:2376, any DOCKER_HOST form); the image is shipped "
@@ -325,8 +346,10 @@ def smoke(
 ) -> None:
     """Run a short real training inside built images (or any image the engine
     holds) and judge it."""
+    from .gpu import platform
     from .ship import ship
     project = state.project
+    target_platform = platform(driver, gpu_arch, project.config.platform)
     engine = Engine.connect()
     runner = Engine.connect(url=engine_url) if engine_url else engine
 
@@ -343,7 +366,7 @@ def smoke(
                                  "image trains with its spec's train.command")
             yield from smoke_stage.smoke(smoke_stage.SmokeTarget.of(target, command), project,
                                          runner, gpu=gpu.value, steps=steps, timeout=timeout,
-                                         network=network)
+                                         network=network, platform=target_platform)
 
     _show(stages())
 

@@ -239,6 +239,8 @@ class Display:
     def _matrix(self, r: MatrixResult) -> None:
         cols = ["framework", "version", "python", "cpu_install", "gpu_install", "cuda",
                 "gpu_base", "refused"]
+        if any(row.fit for row in r.rows):
+            cols = ["framework", "version", "cuda", "archs", "driver", "fit"]
         self._table("imagekit compatibility matrix", [c.replace("_", " ") for c in cols],
                     [[getattr(row, c) for c in cols] for row in r.rows])
 

@@ -77,6 +77,12 @@ class GpuUnavailable(SmokeError):
     exit_code = 9
 
 
+class PlatformMismatch(SmokeError):
+    """The image cannot run on the target platform's driver or GPUs."""
+
+    exit_code = 17
+
+
 class PushError(ImagekitError):
     exit_code = 10
 
@@ -123,5 +129,6 @@ EXIT_CODES: list[tuple[int, str]] = [
     (14, "load failed (corrupt, truncated or mismatched archive)"),
     (15, "disk full"),
     (16, "the Docker engine refused a request (its reason is printed)"),
+    (17, "the image does not fit the target platform's NVIDIA driver or GPU architecture"),
     (130, "interrupted (Ctrl-C)"),
 ]

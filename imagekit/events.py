@@ -182,6 +182,28 @@ class NotebookResult:
 
 
 @dataclass
+class GpuVerdict:
+    """What a smoke test found about the image's GPU side (see gpu.py)."""
+
+    proven: str                           # trained on GPU | GPU-ready (checked without a GPU)
+    cuda_build: str | None = None         # the CUDA the framework was built for
+    cudnn_build: str | None = None
+    cuda_runtime: str | None = None       # installed in the image (nvidia-cuda-runtime-cuXX)
+    cudnn_installed: str | None = None
+    nccl_installed: str | None = None
+    libraries: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    sass: list[str] = field(default_factory=list)
+    ptx: list[str] = field(default_factory=list)
+    driver_min: str | None = None
+    driver_rule: str = ""
+    driver_source: str = ""
+    target_driver: str | None = None
+    target_archs: list[str] = field(default_factory=list)
+    fits: bool | None = None              # None: no target platform given
+
+
+@dataclass
 class SmokeResult(StageResult):
     """The smoke report (also stored as JSON under the image ID)."""
 
@@ -196,7 +218,9 @@ class SmokeResult(StageResult):
     passed: bool = False
     seconds: float = 0.0
     error: str | None = None
+    proven: str = ""                      # trained on GPU | GPU-ready | CPU only
     framework_check: FrameworkReport | None = None
+    gpu: GpuVerdict | None = None
     training: TrainingResult | None = None
     notebook: NotebookResult | None = None
 
@@ -308,6 +332,9 @@ class MatrixRow:
     cuda: str = ""
     gpu_base: str = ""
     refused: str = ""
+    archs: str = ""          # with a target platform: the code the GPU build carries,
+    driver: str = ""         # the driver it needs there,
+    fit: str = ""            # and whether it fits
 
 
 @dataclass

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import gpu as gpu_verdict
 from . import records
 from .config import Project
 from .engine import EngineAPI
@@ -75,7 +76,7 @@ class SmokeTarget:
     image_id: str
     framework: str | None
     version: str | None
-    device: str
+    device: str | None                   # None: not known until the framework check
     settings: SmokeSpec
     train_command: str | None = None
     jupyter: JupyterSpec | None = None
@@ -90,7 +91,7 @@ class SmokeTarget:
                        m.jupyter if m.jupyter.enabled else None)
         settings = SmokeSpec(steps_args="", resume=False) if command else SmokeSpec()
         return cls(target.name, target.ref, target.image_id, target.fact("framework"),
-                   target.fact("version"), target.fact("device") or "cpu", settings, command)
+                   target.fact("version"), target.fact("device"), settings, command)
 
 
 @dataclass
@@ -211,12 +212,14 @@ def gpu_choice(target: SmokeTarget, engine: EngineAPI, mode: str) -> tuple[bool,
         return True, None
     if target.device == "gpu":
         return (True, None) if capable else (False, NO_GPU_NOTE)
+    if target.device is None:          # not known yet: a GPU costs nothing if it is a CPU image
+        return capable, None
     return False, None
 
 
 def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str = "auto",
-          steps: int | None = None, timeout: int | None = None,
-          network: bool = False) -> Iterator[Event]:
+          steps: int | None = None, timeout: int | None = None, network: bool = False,
+          platform: gpu_verdict.Platform | None = None) -> Iterator[Event]:
     name = target.name
     ref = target.ref
     if engine.image(ref) is None:
@@ -240,7 +243,15 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
             if target.framework is None:
                 target = yield from _probe(run)
                 run.target = target
-            result.framework_check = yield from _framework_check(run, gpu)
+            fc = yield from _framework_check(run, gpu)
+            result.framework_check = fc
+            device = target.device or gpu_verdict.guess_device(fc)
+            result.gpu = gpu_verdict.verdict(name, fc, device, platform or gpu_verdict.Platform(),
+                                             target.version)
+            result.proven = result.gpu.proven if result.gpu else \
+                gpu_verdict.TRAINED_ON_GPU if fc.device == "gpu" else gpu_verdict.CPU_ONLY
+            if result.gpu is not None:
+                yield Info(name, _readiness_line(result.gpu))
         if target.train_command:
             result.training = yield from _training(run, steps)
         if target.jupyter is not None:
@@ -256,6 +267,19 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
         result.seconds = round(time.monotonic() - t0, 2)
         records.store_smoke(project, result)
     yield result
+
+
+def _readiness_line(v) -> str:
+    archs = " ".join(v.sass + v.ptx) or "unknown"
+    libs = ", ".join(f"{k} {x}" for k, x in (("CUDA runtime", v.cuda_runtime),
+                                              ("cuDNN", v.cudnn_installed),
+                                              ("NCCL", v.nccl_installed)) if x)
+    fit = "" if v.fits is None else \
+        f"; fits the platform ({v.target_driver or 'any driver'}, " \
+        f"{' '.join(v.target_archs) or 'any GPU'})"
+    return (f"{v.proven}: built for CUDA {v.cuda_build} / cuDNN {v.cudnn_build}; installed "
+            f"{libs or 'no CUDA libraries from pip'}; code for {archs}; needs NVIDIA driver "
+            f">= {v.driver_min}{fit}")
 
 
 def _file_name(name: str) -> str:
