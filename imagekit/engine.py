@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -114,6 +115,7 @@ class EngineAPI(Protocol):
                   network: bool = True, owner: str = "") \
         -> contextlib.AbstractContextManager[str]: ...
     def files_in(self, cid: str, path: str) -> list[str]: ...
+    def sweep(self) -> int: ...
     def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]: ...
     def wait(self, cid: str, timeout: float) -> int: ...
     def state(self, cid: str) -> ContainerState: ...
@@ -149,13 +151,15 @@ class Engine:
                 api = docker.APIClient(version="auto", timeout=timeout,
                                        **docker.utils.kwargs_from_env())
             api.ping()
+            engine = cls(api, where)
+            engine.sweep()       # what a process that died with the engine could not remove
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             reason = str(e).split("\n")[0]
             if "Connection aborted" in reason or "No such file" in reason or "refused" in reason:
                 reason = "nothing listens there"
             raise EngineUnavailable(f"no Docker engine answers at {where} ({reason}); {HINT}") \
                 from None
-        return cls(api, where)
+        return engine
 
     # -- facts -------------------------------------------------------------
     def gpu_capable(self) -> bool:
@@ -238,12 +242,33 @@ class Engine:
             raise EngineError(f"import of {repository}:{tag} failed: {_explain(e)}") from e
 
     # -- containers --------------------------------------------------------
+    def sweep(self) -> int:
+        """Remove the containers and volumes an imagekit process on this machine
+        made and could not remove because it died, or the engine went away under
+        it (a process can only clean up while the engine answers). Returns how
+        many were removed."""
+        mine = {"label": [f"io.imagekit.host={_HOST}"]}
+        removed = 0
+        try:
+            for c in self.api.containers(all=True, filters=mine):
+                if not _alive((c.get("Labels") or {}).get("io.imagekit.pid")):
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.api.remove_container(c["Id"], force=True, v=True)
+                        removed += 1
+            for v in self.api.volumes(filters=mine).get("Volumes") or []:
+                if not _alive((v.get("Labels") or {}).get("io.imagekit.pid")):
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.api.remove_volume(v["Name"], force=True)
+                        removed += 1
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return removed
+        return removed
+
     @contextlib.contextmanager
     def volume(self, name: str, owner: str = "") -> Iterator[str]:
         """A named volume (works with remote engines too), removed on every way out.
         `owner` (the image it serves) is kept in a label."""
-        self._call(self.api.create_volume, name=name,
-                   labels={"io.imagekit.owned": "true", "io.imagekit.for": owner})
+        self._call(self.api.create_volume, name=name, labels=_labels(owner))
         try:
             yield name
         finally:
@@ -269,7 +294,7 @@ class Engine:
             created = self._call(
                 self.api.create_container, image, command=command, name=name,
                 environment=env or {}, host_config=host_config, working_dir=workdir,
-                labels={"io.imagekit.owned": "true", "io.imagekit.for": owner or image})
+                labels=_labels(owner or image))
             cid = created["Id"]
             if files:
                 self._call(self.api.put_archive, cid, "/", files)
@@ -436,6 +461,26 @@ class Engine:
     def _lost(self, e: Exception) -> EngineUnavailable:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         return EngineUnavailable(f"lost the Docker engine at {self.where}: {first}; {HINT}")
+
+
+_HOST = socket.gethostname()
+
+
+def _labels(owner: str) -> dict[str, str]:
+    """What every container and volume imagekit makes carries: who it serves,
+    and the process that must remove it (for sweep)."""
+    return {"io.imagekit.owned": "true", "io.imagekit.for": owner, "io.imagekit.host": _HOST,
+            "io.imagekit.pid": str(os.getpid())}
+
+
+def _alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid or 0), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid or 0) > 0
 
 
 def _stream_error(item: dict) -> str:

@@ -20,6 +20,7 @@ push all destinations at once, and prove what the registry got.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -31,7 +32,15 @@ from dataclasses import dataclass, field
 from . import records
 from .config import Project
 from .engine import EngineAPI, LayerProgress, PushDone
-from .errors import AuthError, ImagekitError, Interrupted, PushError, SmokeGateError, UsageError
+from .errors import (
+    AuthError,
+    EngineUnavailable,
+    ImagekitError,
+    Interrupted,
+    PushError,
+    SmokeGateError,
+    UsageError,
+)
 from .events import Event, Info, Progress, PushedDestination, PushResult, Warn
 from .targets import ImageTarget
 
@@ -240,6 +249,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
     secrets += [str(a.get(k, "")) for a, _ in auths.values() if a
                 for k in ("password", "Password", "IdentityToken", "identitytoken", "auth")]
 
+    made = [d for d in dests if engine.image(d.ref) is None]   # removed again on failure
     for d in dests:
         engine.tag(image_id, d.repo, d.tag)
     yield Info(name, f"pushing {src} ({image_id[:19]}) to "
@@ -271,6 +281,13 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
                           "shows no tag until its manifest is written") from None
 
     failed = [x for x in done if x.error is not None]
+    for x in failed:
+        if x.dest in made:
+            with contextlib.suppress(ImagekitError):
+                engine.remove_image(x.dest.ref)
+    lost = next((x.error for x in failed if isinstance(x.error, EngineUnavailable)), None)
+    if lost is not None:
+        raise lost
     if failed:
         order = {d: i for i, d in enumerate(dests)}
         done.sort(key=lambda x: order[x.dest])
@@ -304,6 +321,9 @@ def _worker(engine: EngineAPI, name: str, d: Destination, auth: dict | None, sou
             return
         except _Failed as f:
             reason = _redact(_one_line(f.message), secrets)
+        except EngineUnavailable as e:
+            put(_Done(d, "", attempt, round(time.monotonic() - started, 2), e))
+            return
         except ImagekitError as e:
             reason = _redact(_one_line(e.message), secrets)
         except Exception as e:  # noqa: BLE001 - reported as this destination's failure

@@ -262,7 +262,7 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
         raise
     except EngineUnavailable as e:
         result.error = e.message
-        raise SmokeError(f"{name}: {e.message}; the smoke test did not finish") from None
+        raise
     finally:
         result.seconds = round(time.monotonic() - t0, 2)
         records.store_smoke(project, result)
