@@ -152,6 +152,8 @@ class Display:
 
     # -- results ---------------------------------------------------------------
     def _fetch(self, r: FetchResult) -> None:
+        if not r.downloaded:      # the stage's own line said the wheelhouse has everything
+            return
         self._line(f"{r.image}: fetched {r.downloaded} files ({r.bytes / 1e6:.1f} MB) into "
                    f"{r.wheelhouse}", "green", always=True)
 
