@@ -20,7 +20,7 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .archive import sidecars
@@ -221,6 +221,26 @@ def _chunks(path: Path, kind: str, progress: list[int]) -> Iterator[bytes]:
         raise _SourceFailed(f"{path}: reading failed: {e.strerror or e}") from None
 
 
+def load_with_progress(engine: EngineAPI, chunks: Iterator[bytes],
+                       progress: Callable[[], Event]):
+    """Run engine.load(chunks) in a thread, yielding progress() while it goes;
+    returns {"loaded": [...]} or {"error": exception}."""
+    outcome: dict = {}
+
+    def upload() -> None:
+        try:
+            outcome["loaded"] = engine.load(chunks)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=upload, daemon=True, name="imagekit-load")
+    worker.start()
+    while worker.is_alive():
+        worker.join(PROGRESS_EVERY)
+        yield progress()
+    return outcome
+
+
 def load(path: Path, engine: EngineAPI) -> Iterator[Event]:
     """Load an image archive made by save (or by `docker save`). Yields Info,
     Progress and a final LoadResult. Raises LoadError (14) or Interrupted (130);
@@ -283,19 +303,8 @@ def load(path: Path, engine: EngineAPI) -> Iterator[Event]:
                 failure.append(str(e))
                 raise
 
-        outcome: dict = {}
-
-        def upload() -> None:
-            try:
-                outcome["loaded"] = engine.load(source())
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread
-                outcome["error"] = e
-
-        worker = threading.Thread(target=upload, daemon=True, name="imagekit-load")
-        worker.start()
-        while worker.is_alive():
-            worker.join(PROGRESS_EVERY)
-            yield Progress("", label, progress[0], progress[1], "loading")
+        outcome = yield from load_with_progress(
+            engine, source(), lambda: Progress("", label, progress[0], progress[1], "loading"))
         if failure:  # the archive's own error explains the engine's
             raise LoadError(failure[0])
         err = outcome.get("error")

@@ -5,7 +5,6 @@ Nothing of this machine is assumed there: no bind mounts, no wheelhouse."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 from . import records
@@ -13,10 +12,8 @@ from .config import Project
 from .engine import EngineAPI
 from .errors import EngineError, ImagekitError, SmokeError
 from .events import Event, Info, Progress, Warn
+from .load import load_with_progress
 from .targets import ImageTarget
-
-PROGRESS_EVERY = 0.5
-
 
 def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: EngineAPI,
          where: str) -> Iterator[Event]:
@@ -50,24 +47,15 @@ def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: Engine
     yield Info(name, f"streaming {target.ref} ({target.image.size / 1e6:.0f} MB) from this "
                      f"engine to {where} (export -> load, nothing on disk)")
     sent = [0]
-    outcome: dict = {}
 
     def chunks() -> Iterator[bytes]:
         for block in local.save(target.ref):
             sent[0] += len(block)
             yield block
 
-    def work() -> None:
-        try:
-            outcome["loaded"] = remote.load(chunks())
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            outcome["error"] = e
-
-    worker = threading.Thread(target=work, daemon=True, name="imagekit-ship")
-    worker.start()
-    while worker.is_alive():
-        worker.join(PROGRESS_EVERY)
-        yield Progress(name, f"to {where}", sent[0], target.image.size, "shipping")
+    outcome = yield from load_with_progress(
+        remote, chunks(), lambda: Progress(name, f"to {where}", sent[0], target.image.size,
+                                           "shipping"))
     err = outcome.get("error")
     if isinstance(err, ImagekitError):
         raise SmokeError(f"{name}: shipping {target.ref} to {where} failed: {err.message}")
