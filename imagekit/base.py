@@ -1,19 +1,21 @@
 """Base images with no registry: `imagekit base bootstrap` makes a Debian
 root filesystem with debootstrap from a package mirror and imports it into
-the engine as an image."""
+the engine as an image; `ensure` does the same before a build that needs it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
 
-from .config import Project
-from .engine import Engine
+from .config import Project, cache_dir
+from .engine import EngineAPI
 from .errors import BuildError, Interrupted
-from .events import Event, Info, Log, Result
+from .events import BaseResult, Event, Info, Log
 
 CHANGES = [
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -25,15 +27,48 @@ EXCLUDE = ["./var/lib/apt/lists/*", "./var/cache/apt/*", "./var/cache/debconf/*-
            "./var/log/*", "./tmp/*", "./dev/*", "./proc/*", "./sys/*"]
 
 
-def bootstrap(project: Project, engine: Engine, force: bool = False) -> Iterator[Event]:
+def ensure(project: Project, engine: EngineAPI, image: str) -> Iterator[Event]:
+    """Make `image` when it is the base that imagekit.toml [base] says how to
+    make and the engine does not hold it; any other image is left alone.
+    Yields nothing when there is nothing to do. Builds that run at once (threads
+    or imagekit processes) make it once: the others wait, then find it."""
+    cfg = project.config.base
+    if image != cfg.image or "base" not in project.config.model_fields_set:
+        return
+    if engine.image(image) is not None:
+        return
+    with _lock(image):
+        if engine.image(image) is not None:   # made meanwhile by another build
+            return
+        yield Info(image, f"{image} is not in the engine; making it as imagekit.toml [base] "
+                          f"says (debootstrap {cfg.suite}, a minute or two)")
+        yield from bootstrap(project, engine)
+
+
+@contextlib.contextmanager
+def _lock(image: str) -> Iterator[None]:
+    """An exclusive lock per base image, for every imagekit on this machine
+    (flock: released by the kernel if the holder dies)."""
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in image)
+    fd = os.open(d / f"base-{safe}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def bootstrap(project: Project, engine: EngineAPI, force: bool = False) -> Iterator[Event]:
     cfg = project.config.base
     image = cfg.image
     repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
     existing = engine.image(image)
     if existing and not force:
-        yield Info(image, f"{image} is already present ({existing['Id'][:19]}); "
+        yield Info(image, f"{image} is already present ({existing.id[:19]}); "
                           "use --force to make it again")
-        yield Result(image, "base", {"image": image, "image_id": existing["Id"], "made": False})
+        yield BaseResult(image, image_id=existing.id, made=False, size=existing.size)
         return
     if shutil.which("debootstrap") is None:
         raise BuildError("debootstrap is not installed; run `make engine` "
@@ -74,5 +109,6 @@ def bootstrap(project: Project, engine: Engine, force: bool = False) -> Iterator
             tar.stdout.close()
             tar.wait()
     made = engine.image(image)
-    yield Result(image, "base", {"image": image, "image_id": made["Id"], "made": True,
-                                 "size": made.get("Size", 0)})
+    if made is None:
+        raise BuildError(f"the engine imported the root filesystem but holds no {image}")
+    yield BaseResult(image, image_id=made.id, made=True, size=made.size)

@@ -3,52 +3,89 @@
 It maps the base images that templates name to local or mirror images, and
 names a wheelhouse or pip index and an apt mirror, so the same specs build on
 a machine with no registry and no PyPI. With no config file at all, specs
-build from the public registry and PyPI."""
+build from the public registry, with their Python packages fetched by the
+host's pip into the user's shared wheelhouse."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from .errors import ConfigError
-from .spec import Catalog, display_path
+from .reference import printable
+from .spec import (
+    AptPackage,
+    Catalog,
+    HostPath,
+    HostPort,
+    ImageRef,
+    Strict,
+    Suite,
+    Url,
+    display_path,
+    format_errors,
+    problems_error,
+    read_text_file,
+)
 
 CONFIG_FILE = "imagekit.toml"
+_PACKAGE = Path(__file__).resolve().parent
+# An installed wheel carries the templates inside the package; a source
+# checkout (and an editable install) has them in the repository's templates/.
+BUILTIN_TEMPLATES = (_PACKAGE / "templates" if (_PACKAGE / "templates" / "Dockerfile.j2").is_file()
+                     else _PACKAGE.parent / "templates")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def cache_dir() -> Path:
+    """imagekit's folder in the user's cache: $XDG_CACHE_HOME/imagekit, else
+    ~/.cache/imagekit (a relative XDG_CACHE_HOME is ignored, as the spec says)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "imagekit"
+
+
+class _Strict(Strict):
+    """Unknown keys refused; no value anywhere may break a line."""
 
 
 class BaseSection(_Strict):
-    image: str = "imagekit/base:bookworm"
-    suite: str = "bookworm"
-    mirror: str = "http://deb.debian.org/debian"
-    include: list[str] = ["python3", "python3-venv", "ca-certificates"]
+    image: ImageRef = "imagekit/base:bookworm"
+    suite: Suite = "bookworm"
+    mirror: Url = "http://deb.debian.org/debian"
+    include: list[AptPackage] = ["python3", "python3-venv", "ca-certificates"]
 
 
 class PipSection(_Strict):
-    wheelhouse: str | None = None
+    wheelhouse: HostPath | None = None
     port: int = Field(17311, ge=1024, le=65535)
-    index_url: str | None = None
-    trusted_host: str | None = None
+    index_url: Url | None = None
+    trusted_host: HostPort | None = None
+
+
+class PlatformSection(_Strict):
+    """The training platform's nodes: smoke checks GPU images against them."""
+
+    driver: str | None = Field(None, pattern=r"^[0-9]{2,4}(?:\.[0-9]{1,4}){0,2}$")
+    gpu_arch: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,20}$")]] = []
 
 
 class AptSection(_Strict):
-    mirror: str | None = None
+    mirror: Url | None = None
 
 
 class ConfigModel(_Strict):
-    bases: dict[str, str] = {}
+    bases: dict[ImageRef, ImageRef] = {}
     base: BaseSection = BaseSection()
     pip: PipSection = PipSection()
     apt: AptSection = AptSection()
-    state_dir: str = ".imagekit"
-    templates_dir: str | None = None
+    platform: PlatformSection = PlatformSection()
+    state_dir: HostPath = ".imagekit"
+    templates_dir: HostPath | None = None
 
 
 @dataclass(frozen=True)
@@ -67,17 +104,31 @@ class Project:
 
     @property
     def wheelhouse(self) -> Path | None:
-        wh = self.config.pip.wheelhouse
-        return self._path(wh) if wh else None
+        """Where builds install Python packages from: [pip] wheelhouse, else
+        the user's cache (shared by every project and clone). None when
+        [pip] index_url alone says to install from that index."""
+        pip = self.config.pip
+        if pip.wheelhouse:
+            return self._path(pip.wheelhouse)
+        if pip.index_url:
+            return None
+        return cache_dir() / "wheelhouse"
 
     @property
     def templates_dir(self) -> Path:
+        """The project's own templates: `templates_dir` in imagekit.toml, else
+        templates/ in the project (it may hold only the files it overrides)."""
         if self.config.templates_dir:
             return self._path(self.config.templates_dir)
-        own = self.root / "templates"
-        if (own / "Dockerfile.j2").is_file():
-            return own
-        return Path(__file__).resolve().parent.parent / "templates"
+        return self.root / "templates"
+
+    @property
+    def template_dirs(self) -> list[Path]:
+        """Where templates are looked up, file by file: the project's own
+        folder first (when it exists), then the built-in templates."""
+        own = self.templates_dir
+        dirs = [own] if own.is_dir() and own.resolve() != BUILTIN_TEMPLATES else []
+        return [*dirs, BUILTIN_TEMPLATES]
 
     def map_base(self, image: str) -> str:
         return self.config.bases.get(image, image)
@@ -104,15 +155,15 @@ def load_project(root: Path | None = None) -> Project:
     if not path.is_file():
         return Project(root, ConfigModel(), None)
     where = display_path(path)
+    text = read_text_file(path, where, ConfigError)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+        raise ConfigError(printable(f"{where}: not valid TOML: {e}")) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply") from None
     try:
         model = ConfigModel.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{where}: {loc}: {msg}") from None
+        raise problems_error(ConfigError, where, format_errors(where, e, ConfigModel)) from None
     return Project(root, model, path)

@@ -25,8 +25,8 @@ def scaffold(project: Project, name: str, framework: str, device: str,
     version = version or matrix.default_version(framework)
     python = python or matrix.default_python(framework, version, device)
     matrix.variant(framework, version, device, python)  # refuse impossible ones up front
-    tdir = project.templates_dir / "new"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tdir)),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader([str(d / "new")
+                                                             for d in project.template_dirs]),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
     spec_text = env.get_template("image.yaml.j2").render(
@@ -35,7 +35,8 @@ def scaffold(project: Project, name: str, framework: str, device: str,
     (folder / "code").mkdir(parents=True)
     try:
         (folder / "image.yaml").write_text(spec_text)
-        (folder / "code" / "train.py").write_text((tdir / f"train_{framework}.py").read_text())
+        script = env.loader.get_source(env, f"train_{framework}.py")[0]  # copied, not rendered
+        (folder / "code" / "train.py").write_text(script)
         resolve(load_spec(folder / "image.yaml"), project.catalog)
     except Exception:
         for f in sorted(folder.rglob("*"), reverse=True):

@@ -28,8 +28,11 @@ def _assignments(pairs: dict, indent: int) -> str:
 
 
 def environment(project: Project) -> jinja2.Environment:
+    """Templates are looked up file by file: the project's own templates/
+    first, then the built-in ones, so a project overrides just one partial."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(project.templates_dir)),
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(d))
+                                    for d in project.template_dirs]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -44,7 +47,7 @@ def environment(project: Project) -> jinja2.Environment:
 
 def pip_options(project: Project) -> str:
     pip = project.config.pip
-    if pip.wheelhouse:
+    if project.wheelhouse is not None:
         return (f"--no-index --find-links http://{WHEELHOUSE_HOST}:{pip.port}/ "
                 f"--trusted-host {WHEELHOUSE_HOST} ")
     opts = ""
@@ -73,6 +76,7 @@ def labels(plan: Plan) -> dict[str, str]:
         "io.imagekit.jupyter": "true" if m.jupyter.enabled else "false",
         "io.imagekit.spec.digest": "sha256:" + plan.spec.digest(),
     }
+    out.update(matrix.gpu_labels(v))     # what is installed, what it was built for, the driver
     if plan.parent:
         out["io.imagekit.parent"] = plan.parent.name
     return out
@@ -95,7 +99,7 @@ def context(plan: Plan, project: Project) -> dict:
     if extra:
         apt += extra
         reasons.append("from the spec")
-    offline = bool(project.config.pip.wheelhouse)
+    offline = project.wheelhouse is not None
     return {
         "imagekit_version": __version__,
         "spec_path": f"images/{plan.name}/image.yaml",
@@ -133,10 +137,11 @@ def render(plan: Plan, project: Project) -> str:
         template = env.get_template("Dockerfile.j2")
         text = template.render(context(plan, project))
     except jinja2.TemplateNotFound as e:
-        raise SpecError(f"template {e.name} not found in {display_path(project.templates_dir)}") from None
+        where = " or ".join(display_path(d) for d in project.template_dirs)
+        raise SpecError(f"template {e.name} not found in {where}") from None
     except jinja2.UndefinedError as e:
         raise SpecError(f"template error while rendering {plan.name}: {e.message}") from None
-    lines = [line.rstrip() for line in text.splitlines()]
+    lines = [line.rstrip() for line in text.split("\n")]
     out: list[str] = []
     for line in lines:  # collapse runs of blank lines left by skipped blocks
         if line or (out and out[-1]):

@@ -40,12 +40,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__, records
+from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sidecars
 from .config import Project
 from .engine import EngineAPI
 from .errors import DiskFullError, ImagekitError, Interrupted, SaveError, UsageError
 from .events import Event, Info, Progress, SaveResult
 from .targets import ImageTarget
-from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sidecars
 
 FORMATS = {"zip": "zip", "zip-compat": "zip", "tar": "tar", "gz": "tar.gz"}
 DESCRIBE = {"zip": "a ZIP (deflate, ZIP64)", "zip-compat": "a plain tar named .zip (docker save -o)",

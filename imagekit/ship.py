@@ -15,6 +15,7 @@ from .events import Event, Info, Progress, Warn
 from .load import load_with_progress
 from .targets import ImageTarget
 
+
 def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: EngineAPI,
          where: str) -> Iterator[Event]:
     """Make `target.ref` name the same image ID on `remote`."""

@@ -12,6 +12,7 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry apache2-utils)
 
 if answers && [ ${#need_pkgs[@]} -eq 0 ]; then
   exit 0

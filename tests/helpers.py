@@ -40,16 +40,14 @@ def unique(prefix: str) -> str:
 
 
 class Project:
-    """A throwaway project folder: imagekit.toml (the repo's, with the shared
-    wheelhouse) and copies of catalog specs under new, unique names."""
+    """A throwaway project folder: imagekit.toml (the repo's: the user's shared
+    wheelhouse, so tests and builds share downloads) and copies of catalog
+    specs under new, unique names."""
 
     def __init__(self, root: Path):
         self.root = root
         (root / "images").mkdir(parents=True, exist_ok=True)
-        cfg = (REPO / "imagekit.toml").read_text().replace(
-            'wheelhouse = ".imagekit/wheelhouse"',
-            f'wheelhouse = "{REPO / ".imagekit" / "wheelhouse"}"')
-        (root / "imagekit.toml").write_text(cfg)
+        (root / "imagekit.toml").write_text((REPO / "imagekit.toml").read_text())
 
     def add(self, name: str, spec: dict, files: dict[str, str] | None = None) -> Path:
         d = self.root / "images" / name

@@ -20,6 +20,7 @@ never fails the check (what raised is in its `error`):
               the framework opens at run time (TensorFlow), looked up with its files' RUNPATHs,
               so GPU use fails (expected in an image without the nvidia-* wheels)
   driver      sorted driver library names the native files link (the NVIDIA runtime brings them)
+  driver_symbols  driver API functions (cuInit, ...) the framework's own files call directly
   archs       {"sass": ["sm_80", ...], "ptx": ["compute_90", ...]} the GPU code it carries, from
               the framework (torch.cuda.get_arch_list, TensorFlow's build info) or else from the
               .nv_fatbin sections of its native files; empty lists for a CPU build; null when
@@ -148,6 +149,7 @@ def gpu_readiness(module, facts, seconds=READINESS_SECONDS):
     facts = facts if isinstance(facts, dict) else {}
     out = {"cuda_build": facts.get("cuda_build"), "cuda": facts.get("cuda"),
            "cudnn": facts.get("cudnn"), "libraries": None, "missing": None, "driver": None,
+           "driver_symbols": None,
            "archs": None, "archs_reason": None, "native": None, "error": facts.get("error")}
     try:
         out["libraries"] = installed_libraries()
@@ -166,6 +168,7 @@ def gpu_readiness(module, facts, seconds=READINESS_SECONDS):
         out["missing"] = missing
         out["driver"] = sorted({n for e in resolver.objects.values() for n in e.needed
                                 if readiness.DRIVER_LIB.match(n)})
+        out["driver_symbols"] = sorted({s for e in own for s in e.driver_symbols})
         if out["cuda_build"] and out["cuda"] is None:
             out["cuda"], out["cudnn"] = versions_from_needed(resolver.objects.values(), out["cudnn"])
         out["archs"], out["archs_reason"] = archs(facts, own, deadline)

@@ -20,6 +20,7 @@ import time
 # Put into the container by the NVIDIA runtime from the host's driver; never in an image.
 DRIVER_LIB = re.compile(r"lib(cuda|nvidia-[\w.+-]+|nvcuvid|nvoptix|cudadebugger)\.so([.\d]*)$")
 CUDA_LIB = re.compile(r"lib(cudart|cublas|cublasLt|cudnn\w*|nccl)\.so([.\d]*)$")
+DRIVER_API = re.compile(rb"\x00(cu[A-Z][A-Za-z0-9_]{1,80})(?=\x00)")  # cuInit, cuCtxCreate_v2, ...
 FATBIN_MAGIC = 0xBA55ED50
 FATBIN_KINDS = {1: "ptx", 2: "sass"}
 
@@ -30,6 +31,7 @@ class Elf:
     def __init__(self, path, machine, endian):
         self.path, self.machine, self.endian = path, machine, endian
         self.soname, self.needed, self.rpath, self.runpath, self.fatbin = None, [], None, None, None
+        self.driver_symbols = []  # driver API names in its dynamic strings, when it links libcuda
 
     @property
     def compat(self):
@@ -99,6 +101,8 @@ def _read_dynamic(f, elf, dynamic, loads):
             elf.needed.append(text)
         else:
             setattr(elf, {14: "soname", 15: "rpath", 29: "runpath"}[tag], text)
+    if any(n.startswith("libcuda.so") for n in elf.needed):
+        elf.driver_symbols = sorted({m.decode() for m in DRIVER_API.findall(b"\0" + strings)})
 
 
 def fatbin_archs(elf, deadline):

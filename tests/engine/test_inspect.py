@@ -14,6 +14,12 @@ RUN rm -rf /opq && mkdir /opq && echo kept > /opq/new.txt
 """
 
 
+def _result(stdout: str) -> dict:
+    """The data of `inspect --json`'s result event."""
+    events = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
+    return next(e["data"] for e in events if e["event"] == "result" and e["stage"] == "inspect")
+
+
 def test_wasted_bytes_are_counted(tmp_path, base_image, docker_api):
     (tmp_path / "Dockerfile").write_text(DOCKERFILE)
     ref = f"{unique('waste')}:test"
@@ -22,7 +28,7 @@ def test_wasted_bytes_are_counted(tmp_path, base_image, docker_api):
     try:
         res = imagekit("--json", "inspect", ref)
         assert res.code == 0, res.output
-        rep = json.loads(res.stdout)
+        rep = _result(res.stdout)
         assert rep["wasted_bytes"] == 3_000_000 + 1_000_000 + 500_000
         assert rep["efficiency"] < 1
         top = {w["path"]: w["bytes"] for w in rep["top_wasted"]}
@@ -36,7 +42,7 @@ def test_wasted_bytes_are_counted(tmp_path, base_image, docker_api):
 
 
 def test_catalog_image_is_efficient(mxnet_image):
-    rep = json.loads(imagekit("--json", "inspect", mxnet_image.ref).stdout)
+    rep = _result(imagekit("--json", "inspect", mxnet_image.ref).stdout)
     assert rep["efficiency"] >= 0.99, rep["top_wasted"]
     assert rep["python_packages"]["mxnet"] == "1.9.1"
     assert rep["labels"]["io.imagekit.framework"] == "mxnet"

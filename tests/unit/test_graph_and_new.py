@@ -1,46 +1,35 @@
-"""The build graph against a fake engine, and `imagekit new` scaffolding."""
+"""The build graph against the fake engine, and `imagekit new` scaffolding."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
+from fakes import FakeEngine, build_ok
 
-from imagekit.build import build_graph, graph
 from imagekit.config import load_project
-from imagekit.errors import CompatError, SpecError
-from imagekit.events import Built, Failed, Result, Skipped, Step
+from imagekit.engine import BuildStep
+from imagekit.errors import CompatError, EngineStreamError, SpecError
+from imagekit.events import Built, Failed, GraphResult, ImageOutcome, Skipped, Step
+from imagekit.graph import build_graph, order
 from imagekit.new import scaffold
 from imagekit.spec import load_spec, resolve
 
 FW = {"framework": {"name": "mxnet", "version": "1.9.1"}, "python": "3.11"}
 
 
-class GraphEngine:
+def graph_engine() -> FakeEngine:
     """Builds succeed unless the Dockerfile asks for a package named 'fail-me'."""
+    ids = iter(range(1, 100))
 
-    def __init__(self):
-        self.images = {}
-        self.built = []
+    def script(tag: str, dockerfile: str) -> list:
+        if "fail-me" in dockerfile:
+            return [BuildStep(1, 1, "FROM x"), EngineStreamError("boom")]
+        return build_ok(f"sha256:{next(ids):064d}", ("FROM x",))
 
-    def build(self, context, tag, network_mode=None, pull=False, nocache=False):
-        text = context.getvalue().decode(errors="replace")
-        yield {"stream": "Step 1/1 : FROM x\n"}
-        if "fail-me" in text:
-            yield {"error": "boom", "errorDetail": {"message": "boom"}}
-            return
-        self.built.append(tag)
-        self.images[tag] = {"Id": f"sha256:{len(self.built):064d}"}
-        yield {"aux": {"ID": self.images[tag]["Id"]}}
-
-    def image(self, ref):
-        return self.images.get(ref)
-
-    def tag(self, *a):
-        pass
+    return FakeEngine(builds=script)
 
 
 def _proj(project):
-    (project.root / "imagekit.toml").write_text("[bases]\n")
     project.add("root", {**FW, "tags": ["v1"]})
     project.add("mid", {"parent": "root", "tags": ["v1"]})
     project.add("leaf", {"parent": "mid", "tags": ["v1"]})
@@ -50,39 +39,62 @@ def _proj(project):
     return load_project(project.root)
 
 
-def test_graph_adds_ancestors_parents_first(project):
-    p = _proj(project)
-    order = [x.name for x in graph([p.catalog.resolve("leaf"), p.catalog.resolve("other")])]
-    assert order == ["root", "mid", "leaf", "other"]
+def test_graph_adds_ancestors_parents_first(offline):
+    p = _proj(offline)
+    got = [x.name for x in order([p.catalog.resolve("leaf"), p.catalog.resolve("other")])]
+    assert got == ["root", "mid", "leaf", "other"]
 
 
-def test_failure_skips_descendants_and_builds_the_rest(project):
-    p = _proj(project)
-    eng = GraphEngine()
+def test_failure_skips_descendants_and_builds_the_rest(offline):
+    p = _proj(offline)
+    eng = graph_engine()
     plans = [p.catalog.resolve(n) for n in ("leaf", "badleaf", "other")]
     events = list(build_graph(plans, p, eng, jobs=2))
     assert eng.built.index("root:v1") < eng.built.index("mid:v1") < eng.built.index("leaf:v1")
     assert "badleaf:v1" not in eng.built and "other:v1" in eng.built
+    assert [t for t in (c["tag"] for c in eng.calls_to("build")) if t.startswith("badleaf")] == []
     assert [e.image for e in events if isinstance(e, Failed)] == ["badmid"]
     assert {e.image: e.reason for e in events if isinstance(e, Skipped)} == {
         "badleaf": "its parent badmid failed"}
     assert not [e for e in events if isinstance(e, Step) and e.image == "badleaf"]
     result = events[-1]
-    assert isinstance(result, Result) and result.data["images"]["leaf"]["status"] == "ok"
-    assert result.data["images"]["badmid"]["exit_code"] == 6
+    assert isinstance(result, GraphResult)
+    assert result.images["leaf"] == ImageOutcome("ok")
+    assert result.images["badleaf"].status == "skipped"
+    bad = result.images["badmid"]
+    assert bad.status == "failed" and bad.exit_code == 6 and "boom" in bad.reason
+    assert any(d.startswith("full log: ") for d in bad.details)
     assert len([e for e in events if isinstance(e, Built)]) == 4
+    assert result.to_dict()["data"]["images"]["badmid"]["exit_code"] == 6
 
 
-def test_failure_after_build_fails_the_image(project):
-    p = _proj(project)
+def test_failure_after_build_fails_the_image(offline):
+    p = _proj(offline)
 
     def after(plan):
         if plan.name == "mid":
             raise SpecError("mid: smoke said no")
         yield from ()
 
-    events = list(build_graph([p.catalog.resolve("leaf")], p, GraphEngine(), after=after))
+    events = list(build_graph([p.catalog.resolve("leaf")], p, graph_engine(), after=after))
     assert {e.image for e in events if isinstance(e, Skipped)} == {"leaf"}
+    assert events[-1].images["mid"] == ImageOutcome("failed", "mid: smoke said no", 3, [])
+
+
+def test_an_unexpected_exception_fails_only_its_image(offline):
+    p = _proj(offline)
+
+    def before(plan):
+        if plan.name == "other":
+            raise RuntimeError("surprise")
+        yield from ()
+
+    events = list(build_graph([p.catalog.resolve("other"), p.catalog.resolve("root")], p,
+                              graph_engine(), before=before))
+    res = events[-1]
+    assert res.images["other"].status == "failed" and "RuntimeError: surprise" in \
+        res.images["other"].reason
+    assert res.images["root"].status == "ok"
 
 
 def test_new_scaffolds_a_valid_spec(project):

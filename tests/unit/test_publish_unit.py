@@ -1,134 +1,66 @@
-"""Push, save and load against fake engines (no Docker): reading the whole push
-stream, retries and the auth rule, the smoke gate, destinations and
-credentials; every archive format written and read back, nothing left behind
-on failure, disk full, Ctrl-C; corrupt and truncated archives refused."""
+"""Push, save and load against the fake engine (no Docker): a refused push
+fails, retries and the auth rule, the smoke gate, destinations and
+credentials (and which registry gets which); every archive format written
+and read back, nothing left behind on failure, disk full, Ctrl-C; corrupt
+and truncated archives refused."""
 
 from __future__ import annotations
 
 import errno
 import gzip
 import hashlib
-import io
 import json
 import subprocess
-import tarfile
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+from fakes import DIGEST, FakeEngine, image_archive, push_error, push_ok
 from helpers import imagekit
 
+from imagekit import load as load_stage
 from imagekit import push as push_stage
+from imagekit import records, targets
 from imagekit import save as save_stage
-from imagekit.build import update_record
 from imagekit.config import load_project
-from imagekit.display import Display
-from imagekit.engine import EngineError
 from imagekit.errors import (
     AuthError,
     DiskFullError,
+    EngineError,
     Interrupted,
     LoadError,
     PushError,
     SaveError,
     SmokeGateError,
+    UsageError,
 )
-from imagekit.events import Info, Progress, Result, Warn
+from imagekit.events import Info, Progress, PushResult, SaveResult, Warn
 
-IMAGE_ID = "sha256:" + "ab" * 32
-DIGEST = "sha256:" + "cd" * 32
+TAR, IMAGE_ID = image_archive(["x:v1"])
 SECRET = "s3cret-Passw0rd"
+SPEC_HOST = "reg.example.com"
 
 
-def _tar_bytes(size: int = 300_000) -> bytes:
-    """A tar shaped like `docker save` output (contents do not matter here)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in [("manifest.json", b'[{"RepoTags": ["x:v1"]}]'),
-                           ("layer/layer.tar", bytes(range(256)) * (size // 256))]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-TAR = _tar_bytes()
-
-
-class FakeEngine:
-    def __init__(self, pushes=None, held=DIGEST, export=TAR, chunk=65536, fail_after=None,
-                 auth=None):
-        self.pushes = pushes or {}
-        self.attempts: dict[str, int] = {}
-        self.held = held
-        self.export, self.chunk, self.fail_after = export, chunk, fail_after
-        self.tagged = []
-        self.auth = auth
-        self.loaded = b""
-        self.lock = threading.Lock()
-        self.barrier: threading.Barrier | None = None
-
-    def image(self, ref):
-        return {"Id": IMAGE_ID, "Size": len(self.export)} if ref == "x:v1" else None
-
-    def tag(self, image, repo, tag):
-        self.tagged.append((image, repo, tag))
-
-    def registry_auth(self, registry):
-        return self.auth
-
-    def push(self, repo, tag, auth):
-        with self.lock:
-            n = self.attempts[repo] = self.attempts.get(repo, 0) + 1
-        if self.barrier is not None:
-            self.barrier.wait()
-        streams = self.pushes.get(repo.split("/")[0])
-        stream = streams[min(n, len(streams)) - 1]
-        yield from stream
-
-    def distribution_digest(self, ref, auth):
-        return self.held
-
-    def save(self, ref, chunk_size=0):
-        for i in range(0, len(self.export), self.chunk):
-            if self.fail_after is not None and i >= self.fail_after:
-                raise self.fail_with
-            yield self.export[i:i + self.chunk]
-
-    fail_with: BaseException = EngineError("export of x:v1 broke off: connection reset")
-
-    def load(self, data):
-        for block in data:
-            self.loaded += block
-        yield {"stream": "Loaded image: x:v1\n"}
-
-
-def ok_stream(layer="l1"):
-    return [{"status": "The push refers to repository [r]"},
-            {"status": "Preparing", "progressDetail": {}, "id": layer},
-            {"status": "Pushing", "progressDetail": {"current": 10, "total": 20}, "id": layer},
-            {"status": "Pushed", "progressDetail": {}, "id": layer},
-            {"status": "v1: digest: " + DIGEST + " size: 740"},
-            {"progressDetail": {}, "aux": {"Tag": "v1", "Digest": DIGEST, "Size": 740}}]
-
-
-def err_stream(message):
-    return [{"status": "Preparing", "progressDetail": {}, "id": "l1"},
-            {"errorDetail": {"message": message}, "error": message}]
+def engine(**kw) -> FakeEngine:
+    """The fake engine holding x:v1 (exported as TAR)."""
+    kw.setdefault("export", TAR)
+    eng = FakeEngine(**kw)
+    eng.add_image("x:v1", IMAGE_ID, size=len(TAR))
+    return eng
 
 
 @pytest.fixture
-def proj(project):
-    project.root.joinpath("imagekit.toml").write_text("[bases]\n")
-    project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}, "tags": ["v1"],
-                      "push": {"repository": "x_train", "registries": ["reg.example.com/team"]}})
-    return load_project(project.root)
+def proj(offline):
+    offline.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}, "tags": ["v1"],
+                      "push": {"repository": "x_train", "registries": [f"{SPEC_HOST}/team"]}})
+    return load_project(offline.root)
 
 
 @pytest.fixture
 def passed(proj):
-    update_record(proj, IMAGE_ID, name="x", smoke={"passed": True})
+    records.write(proj, records.BuildRecord(IMAGE_ID, name="x",
+                                            smoke=records.SmokeMark(True, "r.json", "t")))
     return proj
 
 
@@ -139,9 +71,14 @@ def out_dir(tmp_path):
     return d
 
 
-def _push(p, engine, **kw):
+def _push(p, eng, name="x", **kw):
     kw.setdefault("sleep", lambda s: None)
-    return list(push_stage.push(p, "x", engine, **kw))
+    target = targets.resolve(p, eng, name, error=PushError)
+    return list(push_stage.push(p, target, eng, **kw))
+
+
+def _auth(user, pw, host):
+    return {"username": user, "password": pw, "serveraddress": host}
 
 
 # -- push -------------------------------------------------------------------
@@ -170,93 +107,114 @@ def test_destinations_parse_and_refuse():
     assert push_stage.destination("127.0.0.1:5000/a/b", "r", "t").repo == "127.0.0.1:5000/a/b/r"
     for bad in ["myteam", "https://registry.example.com/team", "reg.example.com/Team",
                 "reg.example.com/te am"]:
-        with pytest.raises(PushError):
+        with pytest.raises(UsageError) as e:
             push_stage.destination(bad, "r", "t")
-    with pytest.raises(PushError):
+        assert e.value.exit_code == 2
+    with pytest.raises(UsageError):
         push_stage.destination("localhost:5000/t", "r", "-bad")
 
 
 def test_credentials_order_and_secrecy():
     env = {"IMAGEKIT_REGISTRY_USER": "envuser", "IMAGEKIT_REGISTRY_PASSWORD": "envpw"}
-    c = push_stage.credentials("me", SECRET, environ=env)
+    c = push_stage.credentials("me", SECRET, environ=env, to=["a.example.com/t"])
     assert c.username == "me" and c.source == "--username/--password-stdin"
     assert SECRET not in repr(c)
     assert push_stage.credentials(environ=env).username == "envuser"
     assert push_stage.credentials(environ={}) is None
-    with pytest.raises(AuthError, match="IMAGEKIT_REGISTRY_PASSWORD"):
+    with pytest.raises(UsageError, match="IMAGEKIT_REGISTRY_PASSWORD"):
         push_stage.credentials(environ={"IMAGEKIT_REGISTRY_USER": "u"})
-    with pytest.raises(AuthError):
-        push_stage.credentials("me", "", environ={})
+    with pytest.raises(UsageError):
+        push_stage.credentials("me", "", environ={}, to=["a.example.com/t"])
+    with pytest.raises(UsageError, match="--username needs --to"):
+        push_stage.credentials("me", SECRET, environ={})
+    with pytest.raises(UsageError, match="not a registry host"):
+        push_stage.credentials(environ={**env, "IMAGEKIT_REGISTRY": "https://x"})
+
+
+def test_credentials_are_bound_to_hosts():
+    env = {"IMAGEKIT_REGISTRY_USER": "u", "IMAGEKIT_REGISTRY_PASSWORD": "p"}
+    to = ["a.example.com/t", "b.example.com:5000/t/deep"]
+    assert push_stage.credentials("me", SECRET, to=to).hosts == {"a.example.com",
+                                                                 "b.example.com:5000"}
+    assert push_stage.credentials(environ=env, to=to).hosts == {"a.example.com",
+                                                                "b.example.com:5000"}
+    named = {**env, "IMAGEKIT_REGISTRY": "c.example.com"}
+    assert push_stage.credentials(environ=named, to=to).hosts == {"c.example.com"}
+    assert push_stage.credentials(environ=env).hosts is None
 
 
 def test_push_reports_registry_digest(passed):
-    eng = FakeEngine({"reg.example.com": [ok_stream()]})
+    eng = engine()
     events = _push(passed, eng)
     res = events[-1]
-    assert isinstance(res, Result) and res.stage == "push"
-    dest = res.data["destinations"][0]
-    assert dest["ref"] == "reg.example.com/team/x_train:v1" and dest["digest"] == DIGEST
-    assert dest["pinned"] == f"reg.example.com/team/x_train@{DIGEST}"
-    assert eng.tagged == [(IMAGE_ID, "reg.example.com/team/x_train", "v1")]
+    assert isinstance(res, PushResult) and res.stage == "push" and res.smoke_passed
+    (dest,) = res.destinations
+    assert dest.ref == f"{SPEC_HOST}/team/x_train:v1" and dest.digest == DIGEST
+    assert dest.pinned == f"{SPEC_HOST}/team/x_train@{DIGEST}" and dest.attempts == 1
+    assert eng.tagged == [(IMAGE_ID, f"{SPEC_HOST}/team/x_train", "v1")]
     assert any(isinstance(e, Progress) and e.status == "Pushing" and e.total == 20 for e in events)
-    json.dumps(res.to_dict())
+    assert eng.calls_to("distribution_digest") == [{"ref": dest.ref, "auth": None}]
+    data = json.loads(json.dumps(res.to_dict()))
+    assert data["event"] == "result" and data["stage"] == "push" and data["image"] == "x"
+    assert data["data"]["destinations"][0]["digest"] == DIGEST
 
 
-def test_error_event_fails_push_even_though_the_stream_ended_normally(passed):
-    # docker-py returns the stream and never raises: the error is an item in it
-    eng = FakeEngine({"reg.example.com": [err_stream("manifest invalid: manifest invalid")]})
+def test_registry_refusal_in_the_stream_fails_the_push(passed):
+    eng = engine(pushes={SPEC_HOST: [push_error("manifest invalid: manifest invalid")]})
     with pytest.raises(PushError, match="manifest invalid") as e:
         _push(passed, eng)
-    assert type(e.value) is PushError and eng.attempts == {"reg.example.com/team/x_train": 1}
+    assert type(e.value) is PushError and eng.attempts == {f"{SPEC_HOST}/team/x_train": 1}
 
 
 def test_digest_must_match_the_registry(passed):
-    eng = FakeEngine({"reg.example.com": [ok_stream()]}, held="sha256:" + "ee" * 32)
+    eng = engine(held="sha256:" + "ee" * 32)
     with pytest.raises(PushError, match="registry holds"):
         _push(passed, eng, retries=0)
 
 
 def test_transient_failure_is_retried_with_backoff(passed):
-    eng = FakeEngine({"reg.example.com": [err_stream("connection reset by peer"), ok_stream()]})
+    eng = engine(pushes={SPEC_HOST: [push_error("connection reset by peer"), push_ok()]})
     waits = []
     events = _push(passed, eng, sleep=waits.append, backoff=2.0)
-    assert isinstance(events[-1], Result) and events[-1].data["destinations"][0]["attempts"] == 2
+    assert isinstance(events[-1], PushResult) and events[-1].destinations[0].attempts == 2
     assert waits == [2.0]
     assert any(isinstance(e, Warn) and "attempt 1 of 4 failed" in e.message for e in events)
 
 
 def test_dead_registry_gives_up_and_reports_nothing_pushed(passed):
-    dead = err_stream("dial tcp 127.0.0.1:5000: connect: connection refused")
-    eng = FakeEngine({"reg.example.com": [dead]})
+    eng = engine(pushes={SPEC_HOST: [push_error("dial tcp 127.0.0.1:5000: connect: connection "
+                                                "refused")]})
     waits = []
     seen = []
+    target = targets.resolve(passed, eng, "x")
     with pytest.raises(PushError, match="after 3 attempts") as e:
-        for ev in push_stage.push(passed, "x", eng, retries=2, backoff=1.0, sleep=waits.append):
+        for ev in push_stage.push(passed, target, eng, retries=2, backoff=1.0,
+                                  sleep=waits.append):
             seen.append(ev)
     assert e.value.exit_code == 10 and waits == [1.0, 2.0]
-    assert not [ev for ev in seen if isinstance(ev, Result)]
+    assert not [ev for ev in seen if isinstance(ev, PushResult)]
     assert not [ev for ev in seen if isinstance(ev, Info) and "pushed " in ev.message]
 
 
 def test_auth_failure_is_never_retried_and_never_shows_the_password(passed):
     echo = f"unauthorized: authentication required (user me, password {SECRET})"
-    eng = FakeEngine({"reg.example.com": [err_stream(echo)] * 5})
-    creds = push_stage.Credentials("me", SECRET, "--username/--password-stdin")
+    eng = engine(pushes={"a.example.com": [push_error(echo)] * 5})
+    creds = push_stage.credentials("me", SECRET, to=["a.example.com/team"])
     with pytest.raises(AuthError) as e:
-        _push(passed, eng, creds=creds, retries=5)
-    assert e.value.exit_code == 11 and eng.attempts == {"reg.example.com/team/x_train": 1}
+        _push(passed, eng, creds=creds, to=["a.example.com/team"], retries=5)
+    assert e.value.exit_code == 11 and eng.attempts == {"a.example.com/team/x_train": 1}
     assert SECRET not in e.value.message and "not retried" in e.value.message
     assert "--username/--password-stdin" in e.value.message
 
 
 def test_no_credentials_found_says_where_to_put_them(passed):
-    eng = FakeEngine({"reg.example.com": [err_stream("no basic auth credentials")]})
-    with pytest.raises(AuthError, match="no credentials found for reg.example.com"):
+    eng = engine(pushes={SPEC_HOST: [push_error("no basic auth credentials")]})
+    with pytest.raises(AuthError, match=f"no credentials found for {SPEC_HOST}"):
         _push(passed, eng)
 
 
 def test_smoke_gate(proj):
-    eng = FakeEngine({"reg.example.com": [ok_stream()]})
+    eng = engine()
     with pytest.raises(SmokeGateError) as e:
         _push(proj, eng)
     assert e.value.exit_code == 12 and "--no-smoke-gate" in e.value.message
@@ -264,47 +222,128 @@ def test_smoke_gate(proj):
     events = _push(proj, eng, smoke_gate=False)
     warns = [e for e in events if isinstance(e, Warn)]
     assert warns and "--no-smoke-gate" in warns[0].message and "NOT passed" in warns[0].message
-    assert events[-1].data["smoke_gate"] == "off"
+    assert events[-1].smoke_gate == "off" and events[-1].smoke_passed is False
 
 
 def test_two_registries_are_pushed_at_once(passed):
-    eng = FakeEngine({"a.example.com": [ok_stream("la")], "b.example.com:5000": [ok_stream("lb")]})
+    eng = engine(pushes={"a.example.com": [push_ok("la")], "b.example.com:5000": [push_ok("lb")]})
     eng.barrier = threading.Barrier(2, timeout=10)   # deadlocks unless both pushes run together
     events = _push(passed, eng, to=["a.example.com/t1", "b.example.com:5000/t2"])
-    dests = events[-1].data["destinations"]
-    assert [d["ref"] for d in dests] == ["a.example.com/t1/x_train:v1",
-                                         "b.example.com:5000/t2/x_train:v1"]
-    assert all(d["digest"] == DIGEST for d in dests)
+    dests = events[-1].destinations
+    assert [d.ref for d in dests] == ["a.example.com/t1/x_train:v1",
+                                      "b.example.com:5000/t2/x_train:v1"]
+    assert all(d.digest == DIGEST for d in dests)
 
 
 def test_one_of_two_failing_names_both_outcomes(passed):
-    eng = FakeEngine({"a.example.com": [ok_stream()],
-                      "b.example.com": [err_stream("unauthorized: authentication required")]})
+    eng = engine(pushes={"b.example.com": [push_error("unauthorized: authentication required")]})
     with pytest.raises(AuthError) as e:
         _push(passed, eng, to=["a.example.com/t", "b.example.com/t"])
     assert "1 of 2 destinations failed" in e.value.message
     assert any("a.example.com/t/x_train:v1: pushed" in d for d in e.value.details)
 
 
-def test_engine_retry_countdown_is_shown_once_per_wait(passed):
-    stream = [{"status": f"Retrying in {n} seconds", "progressDetail": {}, "id": "l1"}
-              for n in (5, 4, 3, 2, 1, 10, 9, 8)] + ok_stream()
-    events = _push(passed, FakeEngine({"reg.example.com": [stream]}))
-    shown = [e.status for e in events if isinstance(e, Progress) and "retrying" in e.status]
-    assert shown == ["engine retrying in 5s", "engine retrying in 10s"]
+def test_engine_retry_status_reaches_the_display(passed):
+    from imagekit.engine import LayerProgress
+    eng = engine(pushes={SPEC_HOST: [[LayerProgress("l1", "engine retrying in 5s"), *push_ok()]]})
+    events = _push(passed, eng)
+    assert [e.status for e in events if isinstance(e, Progress) and "retrying" in e.status] == \
+        ["engine retrying in 5s"]
 
 
-def test_nowhere_to_push(project):
-    project.root.joinpath("imagekit.toml").write_text("[bases]\n")
-    project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}, "tags": ["v1"]})
-    with pytest.raises(PushError, match="nowhere to push"):
-        _push(load_project(project.root), FakeEngine())
+def test_nowhere_to_push(offline):
+    offline.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}, "tags": ["v1"]})
+    with pytest.raises(UsageError, match="nowhere to push"):
+        _push(load_project(offline.root), engine())
+
+
+def test_any_image_reference_is_pushed_under_its_own_name(passed):
+    eng = engine()
+    eng.add_image("ghcr.io/org/trainer:2.1", IMAGE_ID)
+    events = _push(passed, eng, "ghcr.io/org/trainer:2.1", to=["a.example.com/t"])
+    assert events[-1].destinations[0].ref == "a.example.com/t/trainer:2.1"
+    assert events[-1].source == "ghcr.io/org/trainer:2.1"
+
+
+# -- which registry gets which credentials --------------------------------------
+# Explicit credentials go only to the --to hosts; the environment's only to
+# IMAGEKIT_REGISTRY's host or the --to hosts; neither ever to a host that a spec
+# (push.registries) names. Elsewhere the Docker config file's answer is sent.
+
+ENV = {"IMAGEKIT_REGISTRY_USER": "envuser", "IMAGEKIT_REGISTRY_PASSWORD": SECRET}
+CONFIG_AUTH = {"username": "cfg", "password": "from-config", "serveraddress": SPEC_HOST}
+
+
+def _sent(eng: FakeEngine) -> dict[str, dict | None]:
+    """registry host -> the auth its push and its digest check received."""
+    got: dict[str, dict | None] = {}
+    for c in eng.push_calls:
+        got[c.repository.split("/")[0]] = c.auth
+    for q in eng.calls_to("distribution_digest"):
+        assert got[q["ref"].split("/")[0]] == q["auth"]
+    return got
+
+
+def test_explicit_credentials_go_to_the_to_hosts_only(passed):
+    to = ["a.example.com/t", "b.example.com:5000/t"]
+    creds = push_stage.credentials("me", SECRET, environ={}, to=to)
+    eng = engine(auths={"a.example.com": {"username": "cfg", "password": "x"}})
+    _push(passed, eng, creds=creds, to=to)
+    assert _sent(eng) == {"a.example.com": _auth("me", SECRET, "a.example.com"),
+                          "b.example.com:5000": _auth("me", SECRET, "b.example.com:5000")}
+    # bound to a.example.com, they are not sent to any other host
+    creds = push_stage.credentials("me", SECRET, environ={}, to=["a.example.com/t"])
+    eng = engine(auths={SPEC_HOST: CONFIG_AUTH})
+    events = _push(passed, eng, creds=creds)
+    assert _sent(eng) == {SPEC_HOST: CONFIG_AUTH}
+    assert any(isinstance(e, Warn) and f"not sent to {SPEC_HOST}" in e.message for e in events)
+
+
+def test_environment_credentials_never_go_to_a_spec_registry(passed):
+    creds = push_stage.credentials(environ=ENV)
+    eng = engine(auths={SPEC_HOST: CONFIG_AUTH})
+    events = _push(passed, eng, creds=creds)
+    assert _sent(eng) == {SPEC_HOST: CONFIG_AUTH}
+    warn = next(e.message for e in events if isinstance(e, Warn))
+    assert "IMAGEKIT_REGISTRY" in warn and SECRET not in warn
+    eng = engine()
+    _push(passed, eng, creds=push_stage.credentials(
+        environ={**ENV, "IMAGEKIT_REGISTRY": "other.example.com"}))
+    assert _sent(eng) == {SPEC_HOST: None}
+
+
+def test_environment_credentials_go_to_imagekit_registry_host(passed):
+    eng = engine(auths={SPEC_HOST: CONFIG_AUTH})
+    _push(passed, eng, creds=push_stage.credentials(environ={**ENV, "IMAGEKIT_REGISTRY": SPEC_HOST}))
+    assert _sent(eng) == {SPEC_HOST: _auth("envuser", SECRET, SPEC_HOST)}
+
+
+def test_environment_credentials_go_to_the_to_hosts(passed):
+    to = ["a.example.com/t", "b.example.com/t"]
+    eng = engine()
+    _push(passed, eng, to=to, creds=push_stage.credentials(environ=ENV, to=to))
+    assert _sent(eng) == {"a.example.com": _auth("envuser", SECRET, "a.example.com"),
+                          "b.example.com": _auth("envuser", SECRET, "b.example.com")}
+    # IMAGEKIT_REGISTRY names the one host they are for
+    eng = engine()
+    env = {**ENV, "IMAGEKIT_REGISTRY": "a.example.com"}
+    _push(passed, eng, to=to, creds=push_stage.credentials(environ=env, to=to))
+    assert _sent(eng) == {"a.example.com": _auth("envuser", SECRET, "a.example.com"),
+                          "b.example.com": None}
+
+
+def test_no_credentials_sends_the_config_files_per_host(passed):
+    eng = engine(auths={"a.example.com": {"username": "ca", "password": "pa"}})
+    _push(passed, eng, to=["a.example.com/t", "b.example.com/t"])
+    assert _sent(eng) == {"a.example.com": {"username": "ca", "password": "pa"},
+                          "b.example.com": None}
 
 
 # -- save -------------------------------------------------------------------
 
-def _save(p, eng, fmt, out, **kw):
-    return list(save_stage.save(p, "x", eng, fmt=fmt, output=out, **kw))
+def _save(p, eng, fmt, out, tag=None, **kw):
+    target = targets.resolve(p, eng, "x", tag, error=SaveError)
+    return list(save_stage.save(p, target, eng, fmt=fmt, output=out, **kw))
 
 
 def _leftovers(d: Path) -> list[str]:
@@ -314,10 +353,11 @@ def _leftovers(d: Path) -> list[str]:
 @pytest.mark.parametrize("fmt", ["zip", "zip-compat", "tar", "gz"])
 def test_save_every_format_round_trips(passed, out_dir, fmt):
     out = out_dir / f"x.{save_stage.FORMATS[fmt]}"
-    update_record(passed, IMAGE_ID, framework="pytorch", version="2.13.0", device="cpu")
-    events = _save(passed, FakeEngine(chunk=7000), fmt, out)
+    eng = engine(chunk=7000)
+    events = _save(passed, eng, fmt, out)
     res = events[-1]
-    assert isinstance(res, Result) and res.stage == "save" and res.data["tar_bytes"] == len(TAR)
+    assert isinstance(res, SaveResult) and res.stage == "save" and res.tar_bytes == len(TAR)
+    assert eng.calls_to("save")[0]["ref"] == "x:v1"
     data = out.read_bytes()
     if fmt == "zip":
         with zipfile.ZipFile(out) as zf:
@@ -331,31 +371,45 @@ def test_save_every_format_round_trips(passed, out_dir, fmt):
         assert data == TAR
     sha, man = save_stage.sidecars(out)
     assert sha.read_text() == f"{hashlib.sha256(data).hexdigest()}  {out.name}\n"
+    assert res.sha256 == hashlib.sha256(data).hexdigest() and res.bytes == len(data)
     m = json.loads(man.read_text())
     assert m["image_id"] == IMAGE_ID and m["tags"] == ["x:v1"] and m["bytes"] == len(data)
     assert m["framework"] == "pytorch" and m["device"] == "cpu" and m["smoke"]["passed"] is True
     assert _leftovers(out.parent) == sorted([out.name, sha.name, man.name])
     # and load reads it back, checking the checksum and the image ID
-    eng = FakeEngine()
-    events = list(save_stage.load(out, eng))
-    assert eng.loaded == TAR
-    assert events[-1].data["checksum"] == "verified"
-    assert events[-1].data["manifest"] == "image ID matches"
+    fresh = FakeEngine()
+    events = list(load_stage.load(out, fresh))
+    assert fresh.received == TAR and not fresh.load_aborted
+    assert events[-1].checksum == "verified" and events[-1].manifest == "image ID matches"
+    assert events[-1].refs == ["x:v1"] and events[-1].image_id == IMAGE_ID
+    assert fresh.images["x:v1"].id == IMAGE_ID
 
 
 def test_default_path_and_folder_output(passed, out_dir, monkeypatch):
     monkeypatch.chdir(out_dir)
-    _save(passed, FakeEngine(), "gz", None)
+    _save(passed, engine(), "gz", None)
     assert (out_dir / "x-v1.tar.gz").is_file()
     (out_dir / "d").mkdir()
-    _save(passed, FakeEngine(), "zip", out_dir / "d")
+    _save(passed, engine(), "zip", out_dir / "d")
     assert (out_dir / "d" / "x-v1.zip").is_file()
+
+
+def test_a_reference_is_saved_under_a_file_safe_name(passed, out_dir, monkeypatch):
+    monkeypatch.chdir(out_dir)
+    eng = engine()
+    eng.add_image("ghcr.io/org/trainer:2.1", IMAGE_ID)
+    target = targets.resolve(passed, eng, "ghcr.io/org/trainer:2.1")
+    events = list(save_stage.save(passed, target, eng, fmt="tar"))
+    assert Path(events[-1].path) == out_dir / "trainer-2.1.tar"
+    assert json.loads((out_dir / "trainer-2.1.tar.json").read_text())["tags"] == \
+        ["ghcr.io/org/trainer:2.1"]
 
 
 def test_failed_export_leaves_nothing_and_keeps_an_older_file(passed, out_dir):
     out = out_dir / "x.zip"
     out.write_bytes(b"older archive")
-    eng = FakeEngine(chunk=1000, fail_after=50_000)
+    eng = engine(chunk=1000, fail_after=50_000,
+                 fail_with=EngineError("export of x:v1 broke off: connection reset"))
     with pytest.raises(SaveError, match="connection reset") as e:
         _save(passed, eng, "zip", out)
     assert e.value.exit_code == 13
@@ -367,14 +421,13 @@ def test_disk_full_is_one_line_and_leaves_nothing(passed, out_dir, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(save_stage.os, "fsync", full)
     with pytest.raises(DiskFullError) as e:
-        _save(passed, FakeEngine(), "gz", out_dir / "x.tar.gz")
+        _save(passed, engine(), "gz", out_dir / "x.tar.gz")
     assert e.value.exit_code == 15 and "disk full" in e.value.message
     assert "\n" not in e.value.message and _leftovers(out_dir) == []
 
 
 def test_ctrl_c_during_export_leaves_nothing(passed, out_dir):
-    eng = FakeEngine(chunk=1000, fail_after=20_000)
-    eng.fail_with = KeyboardInterrupt()
+    eng = engine(chunk=1000, fail_after=20_000, fail_with=KeyboardInterrupt())
     with pytest.raises(Interrupted) as e:
         _save(passed, eng, "zip", out_dir / "x.zip")
     assert e.value.exit_code == 130 and _leftovers(out_dir) == []
@@ -382,7 +435,8 @@ def test_ctrl_c_during_export_leaves_nothing(passed, out_dir):
 
 def test_closing_the_stage_midway_leaves_nothing(passed, out_dir, monkeypatch):
     monkeypatch.setattr(save_stage, "PROGRESS_EVERY", 0.0)
-    gen = save_stage.save(passed, "x", FakeEngine(chunk=1000), fmt="zip",
+    eng = engine(chunk=1000)
+    gen = save_stage.save(passed, targets.resolve(passed, eng, "x"), eng, fmt="zip",
                           output=out_dir / "x.zip")
     assert any(isinstance(next(gen), Progress) for _ in range(4))
     gen.close()   # what the CLI does when Ctrl-C lands in the display
@@ -390,15 +444,24 @@ def test_closing_the_stage_midway_leaves_nothing(passed, out_dir, monkeypatch):
 
 
 def test_save_refuses_unbuilt_image(passed, out_dir):
-    with pytest.raises(SaveError, match="not built"):
-        _save(passed, FakeEngine(), "zip", out_dir / "x.zip", tag="nope")
+    with pytest.raises(SaveError, match="not built") as e:
+        _save(passed, engine(), "zip", out_dir / "x.zip", tag="nope")
+    assert "imagekit build x" in e.value.message
     with pytest.raises(SaveError, match="does not exist"):
-        _save(passed, FakeEngine(), "zip", out_dir / "no" / "x.zip")
+        _save(passed, engine(), "zip", out_dir / "no" / "x.zip")
+    with pytest.raises(UsageError, match="unknown archive format"):
+        _save(passed, engine(), "rar", out_dir / "x.rar")
+
+
+def test_empty_export_is_refused(passed, out_dir):
+    with pytest.raises(SaveError, match="exported nothing"):
+        _save(passed, engine(export=b""), "tar", out_dir / "x.tar")
+    assert _leftovers(out_dir) == []
 
 
 def test_zip64_records_are_written(passed, out_dir):
     out = out_dir / "x.zip"
-    _save(passed, FakeEngine(), "zip", out)
+    _save(passed, engine(), "zip", out)
     data = out.read_bytes()
     assert data.startswith(b"PK\x03\x04") and b"PK\x06\x06" in data and b"PK\x06\x07" in data
     with zipfile.ZipFile(out) as zf:
@@ -407,11 +470,26 @@ def test_zip64_records_are_written(passed, out_dir):
         assert info.external_attr >> 16 == 0o100644
 
 
+@pytest.mark.parametrize("fmt", ["zip", "gz"])
+def test_stdlib_zlib_fallback_writes_the_same_formats(passed, out_dir, monkeypatch, fmt):
+    import zlib
+
+    from imagekit import archive
+    monkeypatch.setattr(archive, "deflate", zlib)
+    out = out_dir / f"x.{save_stage.FORMATS[fmt]}"
+    _save(passed, engine(), fmt, out)
+    if fmt == "zip":
+        with zipfile.ZipFile(out) as zf:
+            assert zf.testzip() is None and zf.read("x-v1.tar") == TAR
+    else:
+        assert gzip.decompress(out.read_bytes()) == TAR
+
+
 # -- load -------------------------------------------------------------------
 
 def _saved(passed, out_dir, fmt, name):
     out = out_dir / name
-    _save(passed, FakeEngine(), fmt, out)
+    _save(passed, engine(), fmt, out)
     return out
 
 
@@ -422,8 +500,8 @@ def test_checksum_mismatch_is_refused_before_loading(passed, out_dir):
     out.write_bytes(bytes(data))
     eng = FakeEngine()
     with pytest.raises(LoadError, match="checksum mismatch") as e:
-        list(save_stage.load(out, eng))
-    assert e.value.exit_code == 14 and eng.loaded == b""
+        list(load_stage.load(out, eng))
+    assert e.value.exit_code == 14 and eng.calls_to("load") == [] and eng.images == {}
 
 
 @pytest.mark.parametrize("fmt,name,damage,words", [
@@ -445,9 +523,11 @@ def test_damaged_archive_without_sidecar_is_refused(passed, out_dir, fmt, name, 
             b[i] ^= 0x5A
         data = bytes(b)
     out.write_bytes(data)
+    eng = FakeEngine()
     with pytest.raises(LoadError, match=words) as e:
-        list(save_stage.load(out, FakeEngine()))
-    assert "\n" not in e.value.message
+        list(load_stage.load(out, eng))
+    assert "\n" not in e.value.message and e.value.exit_code == 14
+    assert eng.images == {}
 
 
 def test_image_id_must_match_manifest(passed, out_dir):
@@ -456,65 +536,37 @@ def test_image_id_must_match_manifest(passed, out_dir):
     m = json.loads(man.read_text())
     m["image_id"] = "sha256:" + "99" * 32
     man.write_text(json.dumps(m))
+    eng = FakeEngine()
     with pytest.raises(LoadError, match="says sha256:9999"):
-        list(save_stage.load(out, FakeEngine()))
+        list(load_stage.load(out, eng))
+    assert eng.load_aborted and eng.images == {}
 
 
 def test_not_an_archive(out_dir):
     f = out_dir / "x.zip"
     f.write_bytes(b"hello, this is not an image" * 40)
     with pytest.raises(LoadError, match="not an image archive"):
-        list(save_stage.load(f, FakeEngine()))
+        list(load_stage.load(f, FakeEngine()))
     with pytest.raises(LoadError, match="no such file"):
-        list(save_stage.load(out_dir / "missing.zip", FakeEngine()))
+        list(load_stage.load(out_dir / "missing.zip", FakeEngine()))
 
 
-def test_engine_error_in_load_stream(out_dir):
+def test_engine_refusal_of_the_archive(out_dir):
     f = out_dir / "x.tar"
     f.write_bytes(TAR)
-
-    class Refuses(FakeEngine):
-        def load(self, data):
-            for _ in data:
-                pass
-            yield {"errorDetail": {"message": "unexpected EOF"}, "error": "unexpected EOF"}
+    eng = FakeEngine(load_error="unexpected EOF")
     with pytest.raises(LoadError, match="the engine refused the archive: unexpected EOF"):
-        list(save_stage.load(f, Refuses()))
+        list(load_stage.load(f, eng))
+    assert eng.received == TAR and eng.images == {}
 
 
-# -- display and CLI ----------------------------------------------------------
-
-def test_plain_display_of_publish_results(capsys, passed, out_dir):
-    push_events = _push(passed, FakeEngine({"reg.example.com": [ok_stream()]}))
-    save_events = _save(passed, FakeEngine(), "zip", out_dir / "x.zip")
-    load_events = list(save_stage.load(out_dir / "x.zip", FakeEngine()))
-    with Display("plain") as d:
-        for ev in push_events + save_events + load_events:
-            d.show(ev)
-    out = capsys.readouterr().out
-    assert f"reg.example.com/team/x_train:v1  {DIGEST}" in out
-    assert "saved x:v1" in out and "loaded x:v1" in out and "l1 Pushing 0.0/0.0 MB" in out
-
+# -- CLI ----------------------------------------------------------------------
 
 def test_cli_usage_errors(out_dir):
     r = imagekit("-C", str(out_dir), "save", "x", "--zip", "--tar")
     assert r.code == 2 and "choose one of" in r.output
     r = imagekit("-C", str(out_dir), "push", "x", "--username", "me")
     assert r.code == 2 and "--password-stdin" in r.output
-
-
-@pytest.mark.parametrize("fmt", ["zip", "gz"])
-def test_stdlib_zlib_fallback_writes_the_same_formats(passed, out_dir, monkeypatch, fmt):
-    import zlib
-    from imagekit import archive
-    monkeypatch.setattr(archive, "deflate", zlib)
-    out = out_dir / f"x.{save_stage.FORMATS[fmt]}"
-    _save(passed, FakeEngine(), fmt, out)
-    if fmt == "zip":
-        with zipfile.ZipFile(out) as zf:
-            assert zf.testzip() is None and zf.read("x-v1.tar") == TAR
-    else:
-        assert gzip.decompress(out.read_bytes()) == TAR
 
 
 def test_docker_config_file_credentials(tmp_path, monkeypatch):
@@ -527,3 +579,4 @@ def test_docker_config_file_credentials(tmp_path, monkeypatch):
     found = Engine(api=None).registry_auth("127.0.0.1:5000")
     assert found["username"] == "cfguser" and found["password"] == SECRET
     assert Engine(api=None).registry_auth("other.example.com") is None
+

@@ -86,3 +86,17 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     res = subprocess.run([hadolint, "--config", str(REPO / ".hadolint.yaml"), str(bad)],
                          capture_output=True, text=True)
     assert res.returncode != 0
+
+
+def test_cuda_from_nvidia_wheels_puts_each_wheels_lib_dir_on_the_library_path():
+    """The folders are the ones NVIDIA's cu11 wheels unpack to (read from the wheels):
+    site-packages/nvidia/<dir>/lib holds libcudart.so.11.0, libcublas.so.11, ..."""
+    project = load_project(REPO)
+    text = render(project.catalog.resolve("ssd-mxnet-gpu"), project)
+    line = next(x for x in text.splitlines() if "LD_LIBRARY_PATH=" in x)
+    dirs = line.split("LD_LIBRARY_PATH=", 1)[1].split(":")
+    site = "/opt/venv/lib/python3.11/site-packages/nvidia/"
+    assert dirs == [f"{site}{d}/lib" for d in ("cuda_runtime", "cublas", "cudnn", "cufft", "curand",
+                                                "cusolver", "cuda_nvrtc", "nccl", "nvtx")]
+    for name in ("ocr-gpu", "detectron2-gpu"):   # their frameworks find their CUDA wheels themselves
+        assert "LD_LIBRARY_PATH" not in render(project.catalog.resolve(name), project)

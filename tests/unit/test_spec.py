@@ -96,6 +96,26 @@ def test_all_errors_in_one_run(project):
     assert any("tags.0" in x for x in lines)
 
 
+def test_several_problems_are_one_error_with_one_line_each(project):
+    project.add("broken", _spec(pyhton="3.11", device="tpu", tags=["bad tag"]))
+    with pytest.raises(SpecError) as e:
+        Catalog(project.root / "images").resolve("broken")
+    assert e.value.exit_code == 3 and len(e.value.problems) == 3
+    assert e.value.lines() == e.value.problems
+    fields = sorted(line.split(": ")[1] for line in e.value.problems)
+    assert fields == ["device", "pyhton", "tags.0"]
+    assert all(line.startswith("images/broken/image.yaml: ") or "/images/broken/image.yaml: " in line
+               for line in e.value.problems)
+
+
+def test_one_problem_is_the_message_itself(project):
+    project.add("broken", _spec(device="tpu"))
+    with pytest.raises(SpecError) as e:
+        Catalog(project.root / "images").resolve("broken")
+    assert e.value.problems == [] and e.value.lines() == [e.value.message]
+    assert "device" in e.value.message
+
+
 def test_unknown_image_name(project):
     project.add("good", GOOD)
     r = project.run("build", "nosuch")

@@ -13,11 +13,11 @@ RUN python3 -m venv /opt/venv \
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# TensorFlow 2.21.0 (GPU, CUDA 12.5 / cuDNN 9.3 from pip)
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 'tensorflow[and-cuda]==2.21.0'
+# TensorFlow 2.21.0 (GPU, CUDA 12.9 / cuDNN 9.28 from pip)
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 'tensorflow[and-cuda]==2.21.0' nvidia-cublas-cu12==12.9.3.13 nvidia-cuda-cupti-cu12==12.9.79 nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cudnn-cu12==9.28.0.42 nvidia-cufft-cu12==11.4.1.4 nvidia-curand-cu12==10.3.10.19 nvidia-cusolver-cu12==11.7.5.82 nvidia-cusparse-cu12==12.5.10.65 nvidia-nccl-cu12==2.32.3 nvidia-nvjitlink-cu12==12.9.86
 ENV TF_CPP_MIN_LOG_LEVEL=1
 
-# GPU: the NVIDIA container runtime injects the driver; CUDA 12.5 comes from the framework's wheels
+# GPU: the NVIDIA container runtime injects the driver; CUDA 12.9 comes from the framework's wheels
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
@@ -35,7 +35,12 @@ LABEL org.opencontainers.image.title="objdetect-tf-gpu" \
       io.imagekit.framework.version="2.21.0" \
       io.imagekit.device="gpu" \
       io.imagekit.python="3.11" \
-      io.imagekit.cuda="12.5" \
-      io.imagekit.cudnn="9.3" \
+      io.imagekit.cuda="12.9" \
+      io.imagekit.cudnn="9.28" \
       io.imagekit.jupyter="false" \
-      io.imagekit.spec.digest="sha256:f1299149f35d63b3578114ba00cda52a432457f3dd9a417ff04198f986365f46"
+      io.imagekit.spec.digest="sha256:f1299149f35d63b3578114ba00cda52a432457f3dd9a417ff04198f986365f46" \
+      io.imagekit.nccl="2.32" \
+      io.imagekit.cuda.build="12.5.1" \
+      io.imagekit.cudnn.build="9" \
+      io.imagekit.cuda.archs="sm_60 sm_70 sm_80 sm_89 compute_90" \
+      io.imagekit.driver.min="525.60.13"

@@ -7,25 +7,26 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# System packages (Python from the distribution, mxnet runtime libraries)
+# System packages (mxnet runtime libraries)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv libgomp1 libquadmath0 libgfortran5 \
+ && apt-get install -y --no-install-recommends libgomp1 libquadmath0 libgfortran5 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
-# Python 3.10 in a virtual environment at /opt/venv
+# Python 3.11 in a virtual environment at /opt/venv
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.10.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.10'"
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# MXNet 1.9.1 (GPU, built for CUDA 11.2); numpy<1.24 because it still uses np.bool
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 mxnet-cu112==1.9.1 'numpy<1.24'
+# MXNet 1.9.1 (GPU, CUDA 11.8 / cuDNN 8.9); numpy<1.24 because it still uses np.bool
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 mxnet-cu112==1.9.1 'numpy<1.24' nvidia-cuda-runtime-cu11==11.8.89 nvidia-cublas-cu11==11.11.3.6 nvidia-cudnn-cu11==8.9.6.50 nvidia-cufft-cu11==10.9.0.58 nvidia-curand-cu11==10.3.0.86 nvidia-cusolver-cu11==11.4.1.48 nvidia-cuda-nvrtc-cu11==11.8.89 nvidia-nccl-cu11==2.21.5 nvidia-nvtx-cu11==11.8.86
 ENV MXNET_CUDNN_AUTOTUNE_DEFAULT=0
 
-# GPU: the NVIDIA container runtime injects the driver; CUDA 11.2 comes from the base image
+# GPU: the NVIDIA container runtime injects the driver; CUDA 11.8 comes from NVIDIA's CUDA wheels
 ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cufft/lib:/opt/venv/lib/python3.11/site-packages/nvidia/curand/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cusolver/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cuda_nvrtc/lib:/opt/venv/lib/python3.11/site-packages/nvidia/nccl/lib:/opt/venv/lib/python3.11/site-packages/nvidia/nvtx/lib
 
 WORKDIR /opt/ssd
 
@@ -35,13 +36,18 @@ COPY code/ /opt/ssd/
 LABEL org.opencontainers.image.title="ssd-mxnet-gpu" \
       org.opencontainers.image.description="SSD-style detection training with MXNet Gluon (GPU)" \
       org.opencontainers.image.version="v1.0" \
-      org.opencontainers.image.base.name="nvidia/cuda:11.8.0-runtime-ubuntu22.04" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
       io.imagekit.name="ssd-mxnet-gpu" \
       io.imagekit.framework="mxnet" \
       io.imagekit.framework.version="1.9.1" \
       io.imagekit.device="gpu" \
-      io.imagekit.python="3.10" \
-      io.imagekit.cuda="11.2" \
-      io.imagekit.cudnn="8" \
+      io.imagekit.python="3.11" \
+      io.imagekit.cuda="11.8" \
+      io.imagekit.cudnn="8.9" \
       io.imagekit.jupyter="false" \
-      io.imagekit.spec.digest="sha256:f847d843e8ea77c0701f5574f99678d28bfa7b73654f09309f22eb975f9043f8"
+      io.imagekit.spec.digest="sha256:ffaa02fab6cf26e2d619c973b149a54ee3e558ba2e28f5d748d6abe637a8f833" \
+      io.imagekit.nccl="2.21" \
+      io.imagekit.cuda.build="11.2" \
+      io.imagekit.cudnn.build="8" \
+      io.imagekit.cuda.archs="sm_50 sm_60 sm_70 sm_80 sm_86" \
+      io.imagekit.driver.min="450.80.02"

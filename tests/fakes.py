@@ -1,0 +1,518 @@
+"""The one fake container engine of the unit tests.
+
+`FakeEngine` satisfies `imagekit.engine.EngineAPI` (tests/unit/test_engine_api.py
+checks every method against the Protocol) and is scripted per test: what a build
+yields or where it fails, what each push attempt yields, the export's bytes,
+how a load ends, the images held, GPU capability, containers with canned logs
+and exit codes, registry answers. Every call is recorded in `calls` for
+assertions. `FakeDockerAPI` stands in for docker-py's low-level client, to test
+how `imagekit.engine.Engine` decodes the engine's wire format.
+
+`image_archive()` makes a tar shaped like `docker save` output (manifest.json,
+an image config whose sha256 is the image ID, layer tars)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import docker
+
+from imagekit.engine import (
+    BuildDone,
+    BuildItem,
+    BuildStep,
+    ContainerState,
+    ImageInfo,
+    LayerProgress,
+    PushDone,
+    PushItem,
+)
+from imagekit.errors import EngineError, EngineStreamError
+
+IMAGE_ID = "sha256:" + "ab" * 32
+DIGEST = "sha256:" + "cd" * 32
+
+BuildScript = list | Callable[[str, str], list]      # (tag, Dockerfile text) -> items
+
+
+def image_id(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+# -- docker save archives -------------------------------------------------------
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def image_archive(repo_tags: list[str] | None = None, layers: list[dict[str, bytes]] | None = None,
+                  *, created_by: list[str] | None = None, labels: dict[str, str] | None = None,
+                  config_extra: dict | None = None) -> tuple[bytes, str]:
+    """A `docker save` tar of one image and its image ID (the config's sha256).
+    Layers map paths to contents; a `.wh.` name is a whiteout as in a real layer."""
+    repo_tags = ["x:v1"] if repo_tags is None else repo_tags
+    layers = [{"opt/data.bin": bytes(range(256)) * 1200}] if layers is None else layers
+    created_by = created_by or [f"/bin/sh -c #(nop) step {i + 1}" for i in range(len(layers))]
+    layer_tars = [_tar(sorted(files.items())) for files in layers]
+    diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in layer_tars]
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Labels": labels or {}},
+                         "history": [{"created_by": c} for c in created_by],
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                         **(config_extra or {})}, sort_keys=True).encode()
+    digest = hashlib.sha256(config).hexdigest()
+    members: list[tuple[str, bytes]] = []
+    dirs = []
+    for i, t in enumerate(layer_tars):
+        d = hashlib.sha256(f"{digest}{i}".encode()).hexdigest()
+        dirs.append(d)
+        members += [(f"{d}/VERSION", b"1.0"), (f"{d}/json", b"{}"), (f"{d}/layer.tar", t)]
+    members.append((f"{digest}.json", config))
+    manifest = [{"Config": f"{digest}.json", "RepoTags": repo_tags,
+                 "Layers": [f"{d}/layer.tar" for d in dirs]}]
+    members.append(("manifest.json", json.dumps(manifest).encode()))
+    return _tar(members), f"sha256:{digest}"
+
+
+def read_archive(data: bytes) -> tuple[list[str], str]:
+    """(RepoTags, image ID) of a `docker save` tar; ValueError when it is not one."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        manifest = json.loads(files["manifest.json"])[0]
+        config = files[manifest["Config"]]
+    except (tarfile.TarError, KeyError, LookupError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"not an image archive: {e}") from None
+    return list(manifest.get("RepoTags") or []), "sha256:" + hashlib.sha256(config).hexdigest()
+
+
+# -- streams the fake engine yields ---------------------------------------------
+
+def build_ok(image: str = IMAGE_ID, steps: tuple[str, ...] = ("FROM scratch",)) -> list:
+    return [*(BuildStep(i, len(steps), s) for i, s in enumerate(steps, 1)), BuildDone(image)]
+
+
+def push_ok(layer: str = "l1", digest: str = DIGEST) -> list[PushItem]:
+    return [LayerProgress(layer, "Preparing"), LayerProgress(layer, "Pushing", 10, 20),
+            LayerProgress(layer, "Pushed"), PushDone(digest)]
+
+
+def push_error(message: str, layer: str = "l1") -> list:
+    """A push the engine accepted and the registry refused (an error in the stream)."""
+    return [LayerProgress(layer, "Preparing"), EngineStreamError(message)]
+
+
+# -- the fake engine ------------------------------------------------------------
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+
+
+@dataclass
+class ContainerScript:
+    """What a container does: the lines it prints, its exit code, files it
+    leaves in the volumes mounted at the given paths, its answers to exec."""
+
+    logs: list[str] = field(default_factory=list)
+    exit_code: int = 0
+    writes: dict[str, list[str]] = field(default_factory=dict)   # mount path -> file names
+    running: bool = False                                        # state(): never exits by itself
+    exec_results: list[tuple[int, str]] = field(default_factory=list)
+    hang: bool = False                                           # wait() times out
+
+
+@dataclass
+class Container:
+    cid: str
+    image: str
+    command: list[str] | None
+    name: str
+    volumes: dict[str, str]
+    env: dict
+    gpus: bool
+    workdir: str | None
+    files: bytes | None
+    network: bool
+    owner: str
+    script: ContainerScript
+    removed: bool = False
+
+    def file_names(self) -> list[str]:
+        """The members of the tar copied in before start."""
+        if not self.files:
+            return []
+        with tarfile.open(fileobj=io.BytesIO(self.files)) as tar:
+            return tar.getnames()
+
+
+@dataclass
+class PushCall:
+    repository: str
+    tag: str
+    auth: dict | None
+
+
+class FakeEngine:
+    """EngineAPI, scripted. Arguments:
+
+    images   ref -> ImageInfo held at the start (add more with add_image)
+    gpu      what gpu_capable() answers
+    builds   items every build yields (BuildStep/BuildCached/BuildOutput/BuildDone, or
+             an exception instance, raised when reached), or a function of (tag,
+             Dockerfile text) giving them; a BuildDone makes the tag name that image.
+             Default: one step and a new image ID per build.
+    pushes   registry host -> one item list per attempt (the last repeats); default push_ok()
+    held     what distribution_digest() answers; default: what the last push of that ref got
+    auths    registry host -> what registry_auth() finds in "the Docker config file"
+    export   the bytes save() streams (in `chunk` pieces, `fail_with` raised at `fail_after`)
+    load_error  the engine's refusal after reading a whole archive (EngineStreamError)
+    """
+
+    def __init__(self, *, images: dict[str, ImageInfo] | None = None, gpu: bool = False,
+                 builds: BuildScript | None = None, pushes: dict[str, list[list]] | None = None,
+                 held: str | None = None, auths: dict[str, dict] | None = None,
+                 export: bytes = b"", chunk: int = 65536, fail_after: int | None = None,
+                 fail_with: BaseException | None = None, load_error: str | None = None,
+                 pullable: dict[str, ImageInfo] | None = None):
+        self.images: dict[str, ImageInfo] = dict(images or {})
+        self.gpu = gpu
+        self.builds = builds
+        self.pushes = pushes or {}
+        self.held = held
+        self.auths = auths or {}
+        self.export, self.chunk = export, chunk
+        self.fail_after = fail_after
+        self.fail_with = fail_with or EngineError("export of x:v1 broke off: connection reset")
+        self.load_error = load_error
+        self.pullable = pullable or {}
+        self.calls: list[Call] = []
+        self.built: list[str] = []                    # tags, in the order builds finished
+        self.contexts: dict[str, bytes] = {}          # tag -> the build context sent
+        self.tagged: list[tuple[str, str, str]] = []
+        self.imported: list[tuple[str, str, list[str], bytes]] = []
+        self.push_calls: list[PushCall] = []
+        self.attempts: dict[str, int] = {}            # repository -> push attempts
+        self.registry: dict[str, str] = {}            # REPO:TAG -> digest pushed
+        self.barrier: threading.Barrier | None = None  # every push waits here (run at once)
+        self.received = b""                           # what the last load() read
+        self.load_aborted = False                     # its stream ended in an exception
+        self.scripts: list[tuple[str | Callable[[list[str] | None], bool], ContainerScript]] = []
+        self.containers: list[Container] = []
+        self.volumes: dict[str, bool] = {}            # name -> still there
+        self.volume_files: dict[str, list[str]] = {}
+        self._exec_seen: dict[str, int] = {}
+        self._next = 0
+        self.lock = threading.Lock()
+
+    # -- scripting helpers -------------------------------------------------
+    def add_image(self, ref: str, id: str | None = None, *, size: int = 0,
+                  labels: dict[str, str] | None = None) -> ImageInfo:
+        info = ImageInfo(id or self._new_id(), size, dict(labels or {}), [ref])
+        self.images[ref] = info
+        return info
+
+    def on_run(self, match: str | Callable[[list[str] | None], bool] = "", **script: Any) \
+            -> ContainerScript:
+        """Containers whose command contains `match` (or for which it answers
+        True) do what ContainerScript(**script) says; the script added last
+        wins, so a test overrides a shared setup by adding its own."""
+        s = ContainerScript(**script)
+        self.scripts.append((match, s))
+        return s
+
+    def calls_to(self, method: str) -> list[dict[str, Any]]:
+        return [c.args for c in self.calls if c.method == method]
+
+    def _record(self, method: str, **args: Any) -> None:
+        with self.lock:
+            self.calls.append(Call(method, args))
+
+    def _new_id(self) -> str:
+        with self.lock:
+            self._next += 1
+            return image_id(self._next)
+
+    def _by_id(self, ref: str) -> ImageInfo | None:
+        return next((i for i in self.images.values() if i.id == ref or
+                     i.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:"))
+                     and len(ref.removeprefix("sha256:")) >= 12), None)
+
+    # -- facts -------------------------------------------------------------
+    def gpu_capable(self) -> bool:
+        self._record("gpu_capable")
+        return self.gpu
+
+    def image(self, ref: str) -> ImageInfo | None:
+        self._record("image", ref=ref)
+        return self.images.get(ref) or self._by_id(ref)
+
+    def tag(self, image: str, repository: str, tag: str) -> None:
+        self._record("tag", image=image, repository=repository, tag=tag)
+        info = self.images.get(image) or self._by_id(image)
+        if info is None:
+            raise EngineError(f"No such image: {image}")
+        with self.lock:
+            self.tagged.append((image, repository, tag))
+            self.images[f"{repository}:{tag}"] = info
+
+    def remove_image(self, ref: str) -> None:
+        self._record("remove_image", ref=ref)
+        self.images.pop(ref, None)
+
+    # -- build -------------------------------------------------------------
+    def build(self, context: IO[bytes], tag: str, *, network_mode: str | None = None,
+              pull: bool = False, nocache: bool = False) -> Iterator[BuildItem]:
+        self._record("build", tag=tag, network_mode=network_mode, pull=pull, nocache=nocache)
+        data = context.read() if hasattr(context, "read") else bytes(context)
+        self.contexts[tag] = data
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            dockerfile = tar.extractfile("Dockerfile").read().decode()
+        script = self.builds
+        if script is None:
+            items = build_ok(self._new_id())
+        else:
+            items = script(tag, dockerfile) if callable(script) else list(script)
+        for item in items:
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, BuildDone):
+                with self.lock:
+                    self.images[tag] = ImageInfo(item.image_id, 1000, {}, [tag])
+                    self.built.append(tag)
+            yield item
+
+    def import_image(self, stream: IO[bytes], repository: str, tag: str,
+                     changes: list[str]) -> None:
+        self._record("import_image", repository=repository, tag=tag, changes=list(changes))
+        data = stream.read()
+        self.imported.append((repository, tag, list(changes), data))
+        self.images[f"{repository}:{tag}"] = ImageInfo(
+            "sha256:" + hashlib.sha256(data).hexdigest(), len(data), {}, [f"{repository}:{tag}"])
+
+    # -- containers --------------------------------------------------------
+    @contextlib.contextmanager
+    def volume(self, name: str, owner: str = "") -> Iterator[str]:
+        self._record("volume", name=name, owner=owner)
+        self.volumes[name] = True
+        self.volume_files[name] = []
+        try:
+            yield name
+        finally:
+            self.volumes[name] = False
+
+    @contextlib.contextmanager
+    def container(self, image: str, command: list[str] | None = None, *, name: str,
+                  volumes: dict[str, str] | None = None, env: dict | None = None,
+                  gpus: bool = False, workdir: str | None = None, files: bytes | None = None,
+                  network: bool = True, owner: str = "") -> Iterator[str]:
+        self._record("container", image=image, command=command, name=name, gpus=gpus,
+                     network=network)
+        if self.image(image) is None:
+            raise EngineError(f"No such image: {image}")
+        script = self._script(command)
+        with self.lock:
+            cid = f"c{len(self.containers) + 1:04d}"
+            c = Container(cid, image, command, name, dict(volumes or {}), dict(env or {}), gpus,
+                          workdir, files, network, owner, script)
+            self.containers.append(c)
+        for vol, dst in c.volumes.items():
+            self.volume_files.setdefault(vol, []).extend(script.writes.get(dst, []))
+        try:
+            yield cid
+        finally:
+            c.removed = True
+
+    def _script(self, command: list[str] | None) -> ContainerScript:
+        text = " ".join(command or [])
+        for match, script in reversed(self.scripts):
+            if (match(command) if callable(match) else match in text):
+                return script
+        return ContainerScript()
+
+    def _container(self, cid: str) -> Container:
+        c = next((c for c in self.containers if c.cid == cid), None)
+        if c is None or c.removed:
+            raise EngineError(f"No such container: {cid}")
+        return c
+
+    def sweep(self) -> int:
+        """Remove what a dead process left: containers and volumes still there."""
+        self._record("sweep")
+        left = [c for c in self.containers if not c.removed]
+        gone = [v for v, there in self.volumes.items() if there]
+        for c in left:
+            c.removed = True
+        for v in gone:
+            self.volumes[v] = False
+        return len(left) + len(gone)
+
+    def files_in(self, cid: str, path: str) -> list[str]:
+        self._record("files_in", cid=cid, path=path)
+        c = self._container(cid)
+        vols = [v for v, dst in c.volumes.items() if dst == path]
+        return sorted({f for v in vols for f in self.volume_files.get(v, [])})
+
+    def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]:
+        self._record("logs", cid=cid, follow=follow)
+        for line in self._container(cid).script.logs:
+            yield (line + "\n").encode()
+
+    def wait(self, cid: str, timeout: float) -> int:
+        self._record("wait", cid=cid, timeout=timeout)
+        c = self._container(cid)
+        if c.script.hang or c.script.running:
+            raise TimeoutError
+        return c.script.exit_code
+
+    def state(self, cid: str) -> ContainerState:
+        self._record("state", cid=cid)
+        s = self._container(cid).script
+        return ContainerState(s.running, None if s.running else s.exit_code)
+
+    def exec_run(self, cid: str, cmd: list[str]) -> tuple[int, str]:
+        self._record("exec_run", cid=cid, cmd=cmd)
+        s = self._container(cid).script
+        n = self._exec_seen[cid] = self._exec_seen.get(cid, 0) + 1
+        if not s.exec_results:
+            return 0, ""
+        return s.exec_results[min(n, len(s.exec_results)) - 1]
+
+    # -- publish -----------------------------------------------------------
+    def save(self, ref: str | list[str], chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes]:
+        self._record("save", ref=ref, chunk_size=chunk_size)
+        for i in range(0, len(self.export), self.chunk):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise self.fail_with
+            yield self.export[i:i + self.chunk]
+
+    def load(self, data: IO[bytes] | Iterator[bytes]) -> list[str]:
+        """Reads the whole upload first, as the engine does, and applies
+        nothing unless it ends normally and holds an image."""
+        self._record("load")
+        self.received, self.load_aborted = b"", False
+        got = bytearray()
+        try:
+            if hasattr(data, "read"):
+                got += data.read()
+            else:
+                for block in data:
+                    got += block
+                    self.received = bytes(got)
+        except BaseException:
+            self.load_aborted = True
+            raise
+        self.received = bytes(got)
+        if self.load_error is not None:
+            raise EngineStreamError(self.load_error)
+        try:
+            tags, iid = read_archive(self.received)
+        except ValueError:
+            raise EngineStreamError("unexpected EOF") from None
+        for t in tags:
+            self.images[t] = ImageInfo(iid, len(self.received), {}, list(tags))
+        if not tags:
+            self.images[iid] = ImageInfo(iid, len(self.received))
+        return tags or [iid]
+
+    def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[PushItem]:
+        with self.lock:
+            n = self.attempts[repository] = self.attempts.get(repository, 0) + 1
+            self.push_calls.append(PushCall(repository, tag, auth))
+        self._record("push", repository=repository, tag=tag, auth=auth)
+        if self.barrier is not None:
+            self.barrier.wait()
+        if f"{repository}:{tag}" not in self.images:
+            raise EngineStreamError(f"An image does not exist locally with the tag: {repository}")
+        streams = self.pushes.get(repository.split("/")[0]) or [push_ok()]
+        for item in streams[min(n, len(streams)) - 1]:
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, PushDone):
+                with self.lock:
+                    self.registry[f"{repository}:{tag}"] = item.digest
+            yield item
+
+    def pull(self, ref: str, auth: dict | None) -> None:
+        self._record("pull", ref=ref, auth=auth)
+        if ref not in self.pullable:
+            raise EngineError(f"pull of {ref} failed: manifest unknown")
+        self.images[ref] = self.pullable[ref]
+
+    def registry_auth(self, registry: str) -> dict | None:
+        self._record("registry_auth", registry=registry)
+        found = self.auths.get(registry)
+        return dict(found) if found else None
+
+    def distribution_digest(self, ref: str, auth: dict | None) -> str:
+        self._record("distribution_digest", ref=ref, auth=auth)
+        if self.held is not None:
+            return self.held
+        return self.registry.get(ref, "")
+
+
+# -- docker-py's low-level client, for testing imagekit.engine.Engine -----------
+
+class FakeDockerAPI(docker.APIClient):
+    """docker.APIClient that never connects: the methods Engine calls answer
+    from scripts (raw wire-format dicts, as docker-py decodes them) and record
+    their arguments in `calls`."""
+
+    def __init__(self, *, info: dict | None = None, build: list[dict] | None = None,
+                 push: list[dict] | None = None, load: list[dict] | None = None,
+                 images: dict[str, dict] | None = None):
+        super().__init__(base_url="unix:///nonexistent.sock", version="1.41")
+        self._info = info or {}
+        self._build = build or []
+        self._push = push or []
+        self._load = load or []
+        self._images = images or {}
+        self.calls: list[tuple] = []
+
+    def info(self):
+        return self._info
+
+    def inspect_image(self, image):
+        if image not in self._images:
+            raise docker.errors.ImageNotFound(f"No such image: {image}")
+        return self._images[image]
+
+    def build(self, **kw):
+        self.calls.append(("build", kw))
+        yield from self._build
+
+    def push(self, repository, tag=None, **kw):
+        self.calls.append(("push", repository, tag, kw))
+        yield from self._push
+
+    def load_image(self, data, quiet=None):
+        self.calls.append(("load", b"".join(data) if not isinstance(data, bytes) else data))
+        yield from self._load
+
+    def create_container(self, image, **kw):
+        self.calls.append(("create", image, kw))
+        return {"Id": "c0ffee"}
+
+    def start(self, container, *a, **kw):
+        self.calls.append(("start", container))
+
+    def put_archive(self, container, path, data):
+        self.calls.append(("put", container, path))
+
+    def remove_container(self, container, v=False, link=False, force=False):
+        self.calls.append(("remove", container, force))

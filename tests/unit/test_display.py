@@ -1,0 +1,220 @@
+"""The display renders every stage result: plain lines (checked line by line),
+--json (the documented {"event": "result", "image", "stage", "data"} shape),
+and the rich view (into a recording console)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from imagekit import display as display_mod
+from imagekit.display import Display
+from imagekit.events import (
+    BaseResult,
+    Built,
+    Cached,
+    CatalogEntry,
+    CatalogResult,
+    Checked,
+    Failed,
+    FetchResult,
+    FrameworkReport,
+    GraphResult,
+    ImageOutcome,
+    Info,
+    InspectResult,
+    LayerReport,
+    LoadResult,
+    Log,
+    MatrixResult,
+    MatrixRow,
+    NotebookResult,
+    Progress,
+    PushedDestination,
+    PushResult,
+    SaveResult,
+    Skipped,
+    SmokeResult,
+    StageResult,
+    Step,
+    TrainingResult,
+    TrainingRun,
+    Warn,
+    WastedPath,
+)
+
+IID = "sha256:" + "ab" * 32
+DIGEST = "sha256:" + "cd" * 32
+
+RESULTS: dict[type, StageResult] = {r.__class__: r for r in [
+    FetchResult("x", downloaded=3, bytes=12_300_000, wheelhouse="/wh"),
+    BaseResult("imagekit/base:bookworm", image_id=IID, made=True, size=1),
+    GraphResult("", {"a": ImageOutcome("ok"), "bb": ImageOutcome("failed", "bb: build failed", 6),
+                     "c": ImageOutcome("skipped", "its parent bb failed")}),
+    SmokeResult("x", ref="x:v1", image_id=IID, log="/l.log", passed=True, seconds=12.5,
+                note="ran on CPU: this engine has no GPU",
+                framework_check=FrameworkReport("pytorch", "2.13.0", "3.11", "cpu", "x86_64", steps=50,
+                                                loss_first=14.6, loss_last=0.001,
+                                                steps_per_sec=120.0, ok=True),
+                training=TrainingResult(10, [TrainingRun(["python", "t.py"], 0, 1.5),
+                                             TrainingRun(["python", "t.py"], 0, 2.0)], 10,
+                                        ["a", "b"]),
+                notebook=NotebookResult("/imagekit/smoke/lab", 3.2)),
+    PushResult("x", image_id=IID, source="x:v1", smoke_passed=True,
+               destinations=[PushedDestination("r.example.com/t/x:v1", "r.example.com/t/x", "v1",
+                                               DIGEST, f"r.example.com/t/x@{DIGEST}", 1, 2.0)]),
+    SaveResult("x", path="/o/x.zip", format="zip", bytes=500_000, tar_bytes=1_000_000,
+               sha256="ee" * 32, sha256_file="/o/x.zip.sha256", manifest_file="/o/x.zip.json",
+               image_id=IID, ref="x:v1", seconds=1.5, mb_per_s=0.7),
+    LoadResult("x", path="/o/x.zip", format="zip", refs=["x:v1"], image_id=IID,
+               checksum="verified", manifest="image ID matches"),
+    InspectResult("x:v1", image_id=IID, size=5,
+                  layers=[LayerReport(3_000_000, 1_000_000, "RUN a"), LayerReport(7, 0, "RUN b")],
+                  total_bytes=3_000_007, wasted_bytes=1_000_000, efficiency=0.666,
+                  top_wasted=[WastedPath("big", 1_000_000)], python_packages={"torch": "2.13.0"},
+                  labels={"io.imagekit.framework": "pytorch"}),
+    CatalogResult("", folder="/p/images", entries=[
+        CatalogEntry("x", "pytorch 2.13.0", "cpu", "3.11", "-", "-", "-", "v1", "desc")]),
+    MatrixResult("", rows=[MatrixRow("pytorch", "2.13.0", "3.11", "torch==2.13.0", "torch==2.13.0",
+                                     "12.4 / 9 (wheels)", "nvidia/cuda"),
+                           MatrixRow("tensorflow", "1.6.0", refused="needs CUDA 9")]),
+]}
+
+PLAIN: dict[type, list[str]] = {
+    FetchResult: ["x: fetched 3 files (12.3 MB) into /wh"],
+    BaseResult: ["made imagekit/base:bookworm (sha256:abababababab)"],
+    GraphResult: ["a   ok", "bb  failed   bb: build failed", "c   skipped  its parent bb failed"],
+    SmokeResult: ["x: smoke passed in 12.5s (sha256:abababababab)",
+                  "  framework  pytorch 2.13.0 on cpu (x86_64)",
+                  "  steps      50, loss 14.6 -> 0.001, 120.0 steps/s",
+                  "  training   2 run(s) (1.5s, 2.0s), resumed from step 10; 2 output files",
+                  "  notebook   JupyterLab answered at /imagekit/smoke/lab in 3.2s",
+                  "  note       ran on CPU: this engine has no GPU",
+                  "  log        /l.log"],
+    PushResult: ["x: pushed sha256:abababababab to 1 destination(s) (smoke test passed)",
+                 f"  r.example.com/t/x:v1  {DIGEST}"],
+    SaveResult: ["x: saved x:v1 (sha256:abababababab) to /o/x.zip",
+                 "  zip, 0.5 MB, 50% of the tar, 1.5s (0.7 MB/s read)",
+                 f"  sha256 {'ee' * 32}  (/o/x.zip.sha256; manifest /o/x.zip.json)"],
+    LoadResult: [f"loaded x:v1 ({IID}) from /o/x.zip",
+                 "  checksum verified; manifest: image ID matches"],
+    InspectResult: ["x:v1  sha256:abababababab  3.0 MB in 2 layers; wasted 1.00 MB, efficiency 66.60%",
+                    "layer\tsize MB\twasted MB\tcreated by",
+                    "1\t3.0\t1.00\tRUN a",
+                    "2\t0.0\t0.00\tRUN b",
+                    "  wasted     1.00 MB  big",
+                    "python packages (1): torch==2.13.0",
+                    "  label io.imagekit.framework=pytorch"],
+    CatalogResult: ["imagekit catalog (/p/images)",
+                    "name\tframework\tdevice\tpython\tcuda\tparent\tjupyter\ttags\tdescription",
+                    "x\tpytorch 2.13.0\tcpu\t3.11\t-\t-\t-\tv1\tdesc"],
+    MatrixResult: ["imagekit compatibility matrix"],
+}
+
+
+def _plain(capsys, *events) -> list[str]:
+    with Display("plain") as d:
+        for ev in events:
+            d.show(ev)
+    return [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+
+
+def test_every_stage_result_type_is_covered_here():
+    def all_subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from all_subclasses(sub)
+    assert set(all_subclasses(StageResult)) <= set(RESULTS), "add the new result type to this test"
+
+
+@pytest.mark.parametrize("kind", list(RESULTS), ids=lambda k: k.__name__)
+def test_plain_lines(capsys, kind):
+    lines = _plain(capsys, RESULTS[kind])
+    want = PLAIN[kind]
+    assert lines[:len(want)] == want
+
+
+def test_plain_matrix_table(capsys):
+    lines = _plain(capsys, RESULTS[MatrixResult])
+    head = lines[1].split("\t")
+    assert head[:8] == ["framework", "version", "python", "cpu install", "gpu install", "cuda",
+                        "gpu base", "refused"]
+    rows = [dict(zip(head, line.split("\t"), strict=False)) for line in lines[2:]]
+    assert rows[0]["version"] == "2.13.0" and rows[0]["gpu base"] == "nvidia/cuda"
+    assert rows[1]["framework"] == "tensorflow" and rows[1]["refused"] == "needs CUDA 9"
+
+
+def test_a_single_ok_build_needs_no_summary(capsys):
+    assert _plain(capsys, GraphResult("", {"a": ImageOutcome("ok")})) == []
+
+
+@pytest.mark.parametrize("kind", list(RESULTS), ids=lambda k: k.__name__)
+def test_json_is_the_documented_result_shape(capsys, kind):
+    result = RESULTS[kind]
+    with Display("json") as d:
+        d.show(result)
+    (line,) = capsys.readouterr().out.splitlines()
+    got = json.loads(line)
+    assert list(got) == ["event", "image", "stage", "data"]
+    assert got["event"] == "result" and got["stage"] == kind.stage and got["image"] == result.image
+    want = dataclasses.asdict(result)
+    want.pop("image")
+    assert got["data"] == json.loads(json.dumps(want))
+
+
+def test_json_keys_that_scripts_read(capsys):
+    with Display("json") as d:
+        for kind in (SmokeResult, PushResult, LoadResult, InspectResult):
+            d.show(RESULTS[kind])
+    smoke, push, load, inspect = (json.loads(x)["data"] for x in capsys.readouterr().out.splitlines())
+    assert smoke["ref"] == "x:v1" and smoke["passed"] is True
+    assert smoke["framework_check"]["loss_last"] == 0.001 and smoke["training"]["resumed_from"] == 10
+    assert push["destinations"][0]["pinned"] == f"r.example.com/t/x@{DIGEST}"
+    assert load["refs"] == ["x:v1"] and load["image_id"] == IID
+    assert inspect["wasted_bytes"] == 1_000_000 and inspect["layers"][0]["wasted"] == 1_000_000
+
+
+@pytest.mark.parametrize("kind", list(RESULTS), ids=lambda k: k.__name__)
+def test_rich_view_renders_every_result(monkeypatch, kind):
+    console = Console(file=io.StringIO(), width=200, force_terminal=False, highlight=False)
+    monkeypatch.setattr(display_mod, "out", console)
+    with Display("rich") as d:
+        d.show(RESULTS[kind])
+    text = console.file.getvalue()
+    tables = {GraphResult: "its parent bb failed", InspectResult: "RUN a", CatalogResult: "desc",
+              MatrixResult: "needs CUDA 9"}
+    assert tables.get(kind, PLAIN[kind][0]) in text
+
+
+def test_build_events_in_plain_lines(capsys):
+    lines = _plain(capsys, Step("x", 1, 2, "FROM base"), Cached("x", 1), Log("x", "hello"),
+                   Built("x", IID, ["x:v1", "x:latest"], 3.25, 2, 1, "/l"),
+                   Skipped("y", "its parent x failed"), Failed("z", "z: boom"),
+                   Warn("x", "careful"), Warn("", "global"), Info("x", "note"), Info("", "bare"),
+                   Checked("x", "validate"))
+    assert lines == ["x: step 1/2 FROM base", "x:   cached", "x: | hello",
+                     "x: built sha256:abababababab as x:v1, x:latest in 3.2s (1/2 steps from cache)",
+                     "y: skipped: its parent x failed", "z: failed: z: boom",
+                     "x: warning: careful", "warning: global", "x: note", "bare", "ok  x"]
+
+
+def test_plain_progress_prints_each_change_of_status(capsys):
+    lines = _plain(capsys, Progress("x", "r/t l1", 0, 20, "Preparing"),
+                   Progress("x", "r/t l1", 10, 20_000_000, "Pushing"),
+                   Progress("x", "r/t l1", 11, 20_000_000, "Pushing"),
+                   Progress("x", "r/t l1", 0, 0, "Pushed"))
+    assert lines == ["x: r/t l1 Preparing 0.0/0.0 MB", "x: r/t l1 Pushing 0.0/20.0 MB",
+                     "x: r/t l1 Pushed"]
+
+
+def test_json_mode_writes_every_event(capsys):
+    with Display("json") as d:
+        d.show(Step("x", 1, 2, "FROM base"))
+        d.show(Progress("x", "layer", 1, 2, "Pushing"))
+    step, prog = (json.loads(x) for x in capsys.readouterr().out.splitlines())
+    assert step == {"event": "step", "image": "x", "index": 1, "total": 2, "instruction": "FROM base"}
+    assert prog["event"] == "progress" and prog["current"] == 1
