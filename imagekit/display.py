@@ -180,6 +180,20 @@ class Display:
                          f"({fc.device_name}{gpu})")
             lines.append(f"  steps      {fc.steps}, loss {fc.loss_first:.4g} -> "
                          f"{fc.loss_last:.4g}, {fc.steps_per_sec} steps/s")
+        if r.proven:
+            lines.append(f"  proven     {r.proven}")
+        v = r.gpu
+        if v:
+            libs = ", ".join(f"{k} {x}" for k, x in (("CUDA runtime", v.cuda_runtime),
+                                                      ("cuDNN", v.cudnn_installed),
+                                                      ("NCCL", v.nccl_installed)) if x)
+            lines.append(f"  gpu        built for CUDA {v.cuda_build} / cuDNN {v.cudnn_build}; "
+                         f"{libs or 'no CUDA libraries from pip'}")
+            lines.append(f"  gpu code   {' '.join(v.sass + v.ptx) or 'unknown'}; needs NVIDIA "
+                         f"driver >= {v.driver_min}")
+            if v.fits is not None:
+                lines.append(f"  platform   fits driver {v.target_driver or 'any'}, GPU "
+                             f"{' '.join(v.target_archs) or 'any'}")
         tr = r.training
         if tr:
             runs = ", ".join(f"{x.seconds}s" for x in tr.runs)

@@ -43,6 +43,7 @@ class ImageInfo:
     size: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,9 +183,10 @@ class Engine:
             raise EngineError(f"inspecting {ref}: {_explain(e)}") from e
         except requests.exceptions.ConnectionError as e:
             raise self._lost(e) from e
-        return ImageInfo(raw["Id"], int(raw.get("Size") or 0),
-                         dict((raw.get("Config") or {}).get("Labels") or {}),
-                         list(raw.get("RepoTags") or []))
+        config = raw.get("Config") or {}
+        env = dict(str(e).partition("=")[::2] for e in config.get("Env") or [])
+        return ImageInfo(raw["Id"], int(raw.get("Size") or 0), dict(config.get("Labels") or {}),
+                         list(raw.get("RepoTags") or []), env)
 
     def tag(self, image: str, repository: str, tag: str) -> None:
         self._call(self.api.tag, image, repository, tag, force=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import gpu as gpu_verdict
-from . import records
+from . import records, stub
 from .config import Project
 from .engine import EngineAPI
 from .errors import EngineUnavailable, GpuUnavailable, Interrupted, SmokeError
@@ -51,6 +51,9 @@ CHECK_MOUNT = "/imagekit/checks"
 REPORT_MARK = "IMAGEKIT_REPORT "
 NOTEBOOK_BASE_URL = "/imagekit/smoke/"
 NO_GPU_NOTE = "ran on CPU: this engine has no GPU"
+STUB_NOTE = ("this GPU build links the NVIDIA driver (libcuda.so.1), which an engine with no GPU "
+             "does not inject: it ran on CPU with imagekit's stand-in driver, which reports no "
+             "CUDA device (copied into the smoke containers only, not into the image)")
 NETWORK_OFF = ("the smoke containers have no network (as on many training platforms' nodes); "
                "if the image must download something at run time, allow it with --network")
 PROBE = (
@@ -245,6 +248,8 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
                 run.target = target
             fc = yield from _framework_check(run, gpu)
             result.framework_check = fc
+            if run.note:
+                result.note = "; ".join(x for x in (result.note, run.note) if x)
             device = target.device or gpu_verdict.guess_device(fc)
             result.gpu = gpu_verdict.verdict(name, fc, device, platform or gpu_verdict.Platform(),
                                              target.version)
@@ -296,11 +301,17 @@ class _Runner:
     gpus: bool
     timeout: int
     network: bool
+    stub: dict[str, bytes] = field(default_factory=dict)     # extra files (the driver stand-in)
+    stub_env: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
 
-    def run(self, cmd: list[str], what: str, **kw) -> Iterator[Event | RunOutcome]:
+    def run(self, cmd: list[str], what: str, files: dict[str, bytes] | None = None,
+            env: dict | None = None, **kw) -> Iterator[Event | RunOutcome]:
+        all_files = {**(files or {}), **self.stub}
         return _run(self.engine, self.target.ref, cmd, what=what, name=self.target.name,
-                    log=self.log, timeout=self.timeout, gpus=self.gpus,
-                    network=self.network, **kw)
+                    log=self.log, timeout=self.timeout, gpus=self.gpus, network=self.network,
+                    files=_tar(all_files) if all_files else None,
+                    env={**(env or {}), **self.stub_env} or None, **kw)
 
     def failure(self, message: str, out: RunOutcome | None = None) -> SmokeError:
         tail = [f"| {t}" for t in (out.tail[-8:] if out else [])]
@@ -347,14 +358,25 @@ def _framework_check(run: _Runner, mode: str):
     script = f"{t.framework}_check.py"
     device = "gpu" if mode == "require" else "auto"
     cmd = ["python", f"{CHECK_MOUNT}/{script}", "--steps", "50", "--device", device]
-    files = _tar({f"imagekit/checks/{f}": (CHECKS_DIR / f).read_bytes()
-                  for f in ("harness.py", "readiness.py", script)})
+    files = {f"imagekit/checks/{f}": (CHECKS_DIR / f).read_bytes()
+             for f in ("harness.py", "readiness.py", script)}
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     yield Info(name, f"framework check: {t.framework} {t.version or ''}, "
                      f"{'GPU requested' if run.gpus else 'CPU'}")
-    out = yield from _outcome(run.run(cmd, "framework check", files=files,
-                                      env={"PYTHONDONTWRITEBYTECODE": "1",
-                                           "TF_CPP_MIN_LOG_LEVEL": "2"}))
+    out = yield from _outcome(run.run(cmd, "framework check", files=files, env=env))
     rep = FrameworkReport.from_json(out.report) if isinstance(out.report, dict) else None
+    facts = (rep.gpu_readiness or {}) if rep else {}
+    if out.code == 3 and not run.gpus and stub.SONAME in (facts.get("driver") or []) and \
+            stub.SONAME in (rep.reason or ""):
+        run.stub = {f"imagekit/stub/{stub.SONAME}": stub.driver_stub(facts.get("driver_symbols")
+                                                                     or [])}
+        image = run.engine.image(t.ref)
+        path = (image.env if image else {}).get("LD_LIBRARY_PATH", "")
+        run.stub_env = {"LD_LIBRARY_PATH": ":".join(x for x in ("/imagekit/stub", path) if x)}
+        run.note = STUB_NOTE
+        yield Warn(name, STUB_NOTE)
+        out = yield from _outcome(run.run(cmd, "framework check", files=files, env=env))
+        rep = FrameworkReport.from_json(out.report) if isinstance(out.report, dict) else None
     if out.code == 2 and rep is not None:
         raise GpuUnavailable(f"{name}: {rep.reason}")
     if out.code != 0 or rep is None or not rep.ok:
