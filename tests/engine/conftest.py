@@ -109,3 +109,12 @@ def child_of(session_project, docker_api):
     for ref in made:
         remove_image(docker_api, ref)
 
+
+
+@pytest.fixture(scope="session")
+def gpu_image(session_project, base_image, docker_api):
+    """The one GPU image the suite builds: the ssd-mxnet-gpu catalog image (MXNet
+    with CUDA 11 from NVIDIA's wheels, about 4 GB), under a unique name."""
+    built = build_copy(session_project, "ssd-mxnet-gpu", docker_api)
+    yield built
+    remove_image(docker_api, built.ref)

@@ -89,34 +89,6 @@ def test_broken_images_fail_clearly(mxnet_image, child_of, docker_api, case):
     assert leftovers(docker_api, built.ref) == []
 
 
-def test_gpu_image_on_cpu_engine_says_so(mxnet_image, session_project, docker_api):
-    """A spec with device: gpu, built here from the local wheelhouse (whose
-    torch is the CPU build), smoke-tested on an engine with no GPU."""
-    if Engine.connect().gpu_capable():
-        pytest.skip("this engine has a GPU; the CPU fallback is not what happens here")
-    name = unique("gpu-on-cpu")
-    session_project.add(name, {"framework": {"name": "pytorch", "version": "2.13.0"},
-                               "device": "gpu", "python": "3.11", "tags": ["test"]})
-    try:
-        assert session_project.run("fetch", name, timeout=900).code == 0
-        r = session_project.run("build", name, timeout=900)
-        assert r.code == 0, r.output[-2000:]
-        r = session_project.run("--json", "smoke", name, timeout=600)
-        assert r.code == 0, r.output[-2000:]
-        rep = _report(r)
-        assert rep["note"] == "ran on CPU: this engine has no GPU"
-        assert rep["framework_check"]["device"] == "cpu" and rep["gpu_requested"] is False
-        plain = session_project.run("smoke", name, timeout=600)
-        assert "ran on CPU: this engine has no GPU" in plain.output
-        r = session_project.run("smoke", name, "--gpu", "require", timeout=600)
-        assert r.code == 9, r.output
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and "--gpu require" in lines[0] and "no GPU" in lines[0]
-        assert leftovers(docker_api, f"{name}:test") == []
-    finally:
-        docker_api.remove_image(f"{name}:test", force=True)
-
-
 def test_gpu_training_when_the_engine_has_one(session_project, docker_api, base_image):
     if not Engine.connect().gpu_capable():
         pytest.skip("no GPU on this engine (no nvidia runtime or CDI GPU device in docker info)")
