@@ -22,7 +22,7 @@ from . import smoke as smoke_stage
 from .config import Project, load_project
 from .display import Display, error, out
 from .engine import Engine
-from .errors import ImagekitError, Interrupted, SpecError, UsageError
+from .errors import ImagekitError, Interrupted, PushError, SaveError, SmokeError, SpecError, UsageError
 from .events import (
     CatalogEntry,
     CatalogResult,
@@ -49,6 +49,12 @@ class Gpu(str, Enum):
     auto = "auto"
     require = "require"
     off = "off"
+
+
+class PushFormat(str, Enum):
+    docker = "docker"
+    oci = "oci"
+    oci_zstd = "oci-zstd"
 
 
 class Output(str, Enum):
@@ -358,7 +364,7 @@ def smoke(
             if isinstance(item, Event):
                 yield item
                 continue
-            target = targets.resolve(project, engine, item, error=smoke_stage.SmokeError)
+            target = targets.resolve(project, engine, item, error=SmokeError)
             if runner is not engine:
                 yield from ship(project, target, engine, runner, engine_url)
             if command is not None and target.plan is not None:
@@ -425,6 +431,13 @@ def push(
     retries: Annotated[int, typer.Option(
         "--retries", min=0, max=10, help="Retries after a transient failure (connection reset, "
         "5xx), with backoff; an authentication failure is never retried.")] = 3,
+    via_engine: Annotated[bool, typer.Option(
+        "--via-engine", help="Let the Docker engine push (docker push) instead of imagekit's "
+        "own path (one export, layers compressed once for every registry, resumable).")]
+    = False,
+    fmt: Annotated[PushFormat, typer.Option(
+        "--format", help="docker: v2 schema 2 manifests, gzip layers (what every registry "
+        "takes); oci: OCI media types; oci-zstd: OCI with zstd layers.")] = "docker",
 ) -> None:
     """Retag built images (or any image the engine holds) into each registry
     namespace, push them all at once, and report the manifest digest of each
@@ -449,10 +462,11 @@ def push(
             if isinstance(item, Event):
                 yield item
                 continue
-            target = targets.resolve(project, engine, item, error=push_stage.PushError)
+            target = targets.resolve(project, engine, item, error=PushError)
             yield from push_stage.push(project, target, engine, to=to, tag=tag,
                                        repository=repository, smoke_gate=not no_smoke_gate,
-                                       creds=creds, retries=retries)
+                                       creds=creds, retries=retries, via_engine_only=via_engine,
+                                       fmt=PushFormat(fmt).value)
 
     _show(stages())
 
@@ -502,7 +516,7 @@ def save(
             if isinstance(item, Event):
                 yield item
                 continue
-            target = targets.resolve(project, engine, item, tag, error=save_stage.SaveError)
+            target = targets.resolve(project, engine, item, tag, error=SaveError)
             yield from save_stage.save(project, target, engine,
                                        fmt=chosen[0] if chosen else "zip", output=output)
 

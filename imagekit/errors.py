@@ -87,6 +87,12 @@ class PushError(ImagekitError):
     exit_code = 10
 
 
+class DirectPushUnsupported(PushError):
+    """What imagekit's own push path cannot do (foreign layers, several images
+    in one export, a registry without API v2 or with an unknown auth scheme);
+    the engine's push can, and push falls back to it."""
+
+
 class AuthError(PushError):
     exit_code = 11
 

@@ -234,6 +234,8 @@ class PushedDestination:
     pinned: str
     attempts: int
     seconds: float
+    via: str = "direct"                   # direct (imagekit's own path) | engine
+    bytes_sent: int | None = None         # on the direct path: request bodies sent
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from .archive import COMPRESS_ERRORS, GzipStream
-from .errors import Interrupted, PushError
+from .errors import DirectPushUnsupported, Interrupted, PushError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -387,10 +387,10 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise PushError(f"the engine's export has an unreadable manifest.json ({e})") from e
     if len(entries) != 1:
-        raise PushError(f"the export holds {len(entries)} images; push reads one")
+        raise DirectPushUnsupported(f"the export holds {len(entries)} images; push reads one")
     if entry.get("LayerSources"):
-        raise PushError("the image has foreign (non-distributable) layers, which this push path "
-                        "does not upload")
+        raise DirectPushUnsupported("the image has foreign (non-distributable) layers, which "
+                                    "imagekit's own push path does not upload")
 
     def resolve(path: str) -> str:
         for _ in range(16):

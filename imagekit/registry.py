@@ -47,7 +47,7 @@ from pathlib import Path
 
 import requests
 
-from .errors import AuthError, ImagekitError, Interrupted, PushError
+from .errors import AuthError, DirectPushUnsupported, ImagekitError, Interrupted, PushError
 from .layers import Blob, Compressing, Format, Image, LayerReady, get_format, read_export
 
 CHUNK = 32 * 1024 * 1024     # bytes per PATCH; a resume goes on from the last one acknowledged
@@ -355,7 +355,7 @@ class Registry:
         elif resp.status_code >= 500 or resp.status_code == 429:
             raise TransientPushError(f"{self.host}: /v2/ answered {_error_text(resp)}")
         elif resp.status_code not in (200, 401):
-            raise PushError(f"{self.host} does not speak the registry API v2 "
+            raise DirectPushUnsupported(f"{self.host} does not speak the registry API v2 "
                             f"(GET /v2/ answered {resp.status_code})")
         self._pinged = True
 
@@ -379,8 +379,8 @@ class Registry:
             return "Basic " + base64.b64encode(f"{a.username}:{a.password}".encode()).decode()
         if ch.scheme == "bearer":
             return f"Bearer {self._token(scopes)}"
-        raise AuthError(f"{self.host} asks for {ch.scheme} authentication, which imagekit does not "
-                        "speak (push with --via-engine)")
+        raise DirectPushUnsupported(f"{self.host} asks for {ch.scheme} authentication, which "
+                                    "imagekit's own push path does not speak")
 
     def _token(self, scopes: frozenset, fresh: bool = False) -> str:
         with self._lock:

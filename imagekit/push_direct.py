@@ -1,0 +1,105 @@
+"""imagekit's own push path, as the push stage uses it: the image read once
+from the engine's export, each layer compressed once, the same blobs uploaded
+to every destination at once (registry.py), mapped to imagekit's events. A
+destination that failed for now (TransientPushError) is pushed again with
+backoff, and a second run sends only what the registry does not hold yet.
+What this path cannot do (DirectPushUnsupported) is handed back, so that the
+stage pushes it through the engine instead."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from . import registry
+from .destinations import Destination, Done
+from .engine import EngineAPI
+from .errors import AuthError, DirectPushUnsupported, ImagekitError, PushError
+from .events import Info, Progress, Warn
+from .layers import Compressing
+
+BACKOFF_MAX = 30.0
+HOW = {"uploaded": "Pushed", "exists": "Layer already exists", "mounted": "Mounted"}
+
+
+def direct(engine: EngineAPI, name: str, image_id: str, dests: list[Destination],
+           auths: dict[str, tuple[dict | None, str]], *, fmt: str, retries: int, backoff: float,
+           sleep: Callable[[float], None]):
+    """Yields progress; returns (Done per destination pushed or failed,
+    destinations to push through the engine, why)."""
+    targets = {d: registry.Target(d.registry, d.repo.removeprefix(d.registry + "/"), d.tag)
+               for d in dests}
+    by_ref = {t.ref: d for d, t in targets.items()}
+    creds = {host: registry.Auth.from_docker(auth) for host, (auth, _) in auths.items()}
+    done: dict[Destination, Done] = {}
+    fallback: list[Destination] = []
+    why = ""
+    pending = list(dests)
+    attempt = 0
+    started = time.monotonic()
+    while pending:
+        attempt += 1
+        failed: dict[Destination, ImagekitError] = {}
+        sent: dict[Destination, int] = {}
+        try:
+            for ev in registry.push(engine.save(image_id), [targets[d] for d in pending], creds,
+                                    format=fmt, expect_id=image_id, sleep=sleep):
+                if isinstance(ev, Compressing):
+                    yield Progress(name, f"layer {ev.source[:19]}", ev.done, ev.total, "compressing")
+                elif isinstance(ev, registry.BlobProgress):
+                    d = by_ref[ev.target]
+                    yield Progress(name, f"{d.where} {ev.digest[7:19]}", ev.sent, ev.total,
+                                   "Pushing")
+                elif isinstance(ev, registry.BlobDone):
+                    d = by_ref[ev.target]
+                    how = HOW.get(ev.how, ev.how)
+                    yield Progress(name, f"{d.where} {ev.digest[7:19]}", ev.size, ev.size,
+                                   f"{how} from {ev.source}" if ev.source else how)
+                elif isinstance(ev, registry.Resumed):
+                    d = by_ref[ev.target]
+                    yield Warn(name, f"{d.ref}: blob {ev.digest[7:19]} "
+                                     + ("started again (the registry lost the upload)"
+                                        if ev.restarted else f"resumed at {ev.offset} bytes"))
+                elif isinstance(ev, registry.Retrying):
+                    yield Warn(name, f"{ev.target}: {ev.what} failed ({ev.reason}); retrying "
+                                     f"in {ev.wait:g}s (try {ev.attempt})")
+                elif isinstance(ev, registry.ExportRead):
+                    yield Info(name, f"read the image once: {ev.layers} layers, "
+                                     f"{ev.raw_size / 1e6:.0f} MB, {ev.compressed_size / 1e6:.0f} MB "
+                                     f"compressed, in {ev.seconds:.1f}s")
+                elif isinstance(ev, registry.TargetPushed):
+                    d = by_ref[ev.target]
+                    done[d] = Done(d, ev.digest, attempt, round(time.monotonic() - started, 2),
+                                   bytes_sent=sent.get(d, 0) + ev.bytes_sent, via="direct")
+                    if len(dests) > 1:
+                        yield Info(name, f"pushed {d.ref} digest {ev.digest} (checked with the "
+                                         "registry)")
+                elif isinstance(ev, registry.TargetFailed):
+                    d = by_ref[ev.target]
+                    failed[d] = ev.error
+                    sent[d] = sent.get(d, 0) + ev.bytes_sent
+        except DirectPushUnsupported as e:
+            return list(done.values()), [d for d in pending if d not in done], e.message
+        except PushError as e:
+            failed.update({d: e for d in pending if d not in done and d not in failed})
+        pending = []
+        for d, err in failed.items():
+            if isinstance(err, DirectPushUnsupported):
+                fallback.append(d)
+                why = err.message
+            elif isinstance(err, registry.TransientPushError) and attempt <= retries:
+                pending.append(d)
+            else:
+                if isinstance(err, registry.TransientPushError):
+                    err = PushError(f"{d.ref}: push failed after {attempt} attempts: {err.message}")
+                elif not isinstance(err, AuthError) and not err.message.startswith(d.ref):
+                    err = type(err)(f"{d.ref}: {err.message}")
+                done[d] = Done(d, "", attempt, round(time.monotonic() - started, 2), err,
+                               bytes_sent=sent.get(d, 0), via="direct")
+        if pending:
+            wait = min(backoff * 2 ** (attempt - 1), BACKOFF_MAX)
+            yield Warn(name, f"{', '.join(d.ref for d in pending)}: attempt {attempt} of "
+                             f"{retries + 1} failed ({failed[pending[0]].message}); retrying in "
+                             f"{wait:g}s")
+            sleep(wait)
+    return list(done.values()), fallback, why
