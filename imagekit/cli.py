@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from . import __version__, base, fetch, graph, matrix, records, targets
+from . import __version__, base, fetch, graph, matrix, records, reference, targets
 from . import smoke as smoke_stage
 from .config import Project, load_project
 from .display import Display, error, out
@@ -134,6 +134,8 @@ def _show(events: Iterator[Event], display: Display | None = None) -> list[Event
 
 
 def _names(project: Project, names: list[str] | None, all_: bool) -> list[str]:
+    if names and all_:
+        raise UsageError("name images or use --all, not both")
     if all_ or not names:
         found = project.catalog.names()
         if not found:
@@ -390,6 +392,10 @@ def new(
 ) -> None:
     """Scaffold a spec and a starter training script that passes the smoke test."""
     from .new import scaffold
+    from .spec import NAME_RE
+    if not NAME_RE.match(name):
+        raise UsageError(f"{reference.short(name)!r} is not an image name: lowercase letters, "
+                         "digits and single '.', '_' or '-' between them, at most 128")
     project = state.project
     folder = scaffold(project, name, framework.value, device.value, version, python)
     out.print(f"created {folder}/image.yaml and code/train.py")
@@ -453,8 +459,11 @@ def push(
         raise UsageError("--username needs --password-stdin (a password is never taken as an "
                          "argument)")
     creds = push_stage.credentials(username, password, to=to)
-    for where in to or []:
-        push_stage.destination(where, "x", "latest")      # a bad --to is a usage error, first
+    for where in to or ["localhost"]:       # bad values are usage errors before any engine call
+        push_stage.destination(where, repository or "x", tag or "latest")
+    for name in names or []:
+        if not targets.is_catalog(state.project, name):
+            targets.check_reference(name, "push")
     engine = Engine.connect()
 
     def stages() -> Iterator[Event]:
@@ -544,6 +553,8 @@ def inspect_(name: Annotated[str, typer.Argument(help="Image name (or any image 
     """Size per layer, wasted bytes and where they come from, Python packages, labels."""
     from .inspect import inspect
     project = state.project
+    if not targets.is_catalog(project, name):
+        targets.check_reference(name, "inspect")
     engine = Engine.connect()
     target = targets.resolve(project, engine, name)
     _show(inspect(engine, target), state.display(top=top))
@@ -590,10 +601,10 @@ def main() -> None:
         code = 130
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # the parser's usage errors
-            if as_json:
-                error(e.format_message(), as_json=True, code=e.exit_code)
-            else:
-                e.show()
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            message = " ".join(str(e.format_message()).split())
+            error(f"{message}{where}", as_json=as_json, code=e.exit_code)
             sys.exit(e.exit_code)
         if debug:
             raise

@@ -81,6 +81,10 @@ class Display:
     # -- events --------------------------------------------------------------
     def show(self, ev: Event) -> None:
         if self.mode == "json":
+            if isinstance(ev, Problem):   # errors go to stderr, as one JSON object each
+                error(f"{ev.image}: {ev.message}" if ev.image else ev.message, as_json=True,
+                      code=ev.exit_code)
+                return
             print(json.dumps(ev.to_dict(), default=str), flush=True)
             return
         row = self.rows.setdefault(ev.image, _Row()) if ev.image else None

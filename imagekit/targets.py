@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import records
+from . import records, reference
 from .config import Project
 from .engine import EngineAPI, ImageInfo
 from .errors import ImagekitError, UsageError
@@ -39,8 +39,16 @@ class ImageTarget:
 
 
 def is_catalog(project: Project, name: str) -> bool:
-    return "/" not in name and ":" not in name and "@" not in name and \
-        project.catalog.path(name).is_file()
+    return project.catalog.has(name)
+
+
+def check_reference(name: str, verb: str = "") -> None:
+    """A usage error unless `name` is an image reference (catalog names are too)."""
+    try:
+        reference.parse_reference(name)
+    except ValueError as e:
+        lead = f"{verb}: " if verb else ""
+        raise UsageError(f"{lead}not a catalog image, and {e}") from None
 
 
 def resolve(project: Project, engine: EngineAPI, name: str, tag: str | None = None, *,
@@ -54,9 +62,13 @@ def resolve(project: Project, engine: EngineAPI, name: str, tag: str | None = No
         if image is None:
             raise error(f"{name}: {ref} is not built; run `imagekit build {name}` first")
         return ImageTarget(name, ref, image, plan)
+    check_reference(name)
     if tag is not None:
+        base = name.split("@")[0]
+        last = base.rsplit("/", 1)[-1]
+        repo = base[:len(base) - len(last)] + last.split(":")[0]
         raise UsageError(f"--tag: {name} is not a catalog image; name the tag in the reference "
-                         f"itself ({name.split('@')[0]}:{tag})")
+                         f"itself ({repo}:{tag})")
     image = engine.image(name)
     if image is None:
         known = ", ".join(project.catalog.names()) or "none"
