@@ -35,7 +35,7 @@ from imagekit.engine import (
     PushDone,
     PushItem,
 )
-from imagekit.errors import EngineError, EngineStreamError
+from imagekit.errors import EngineError, EngineStreamError, EngineUnavailable
 
 IMAGE_ID = "sha256:" + "ab" * 32
 DIGEST = "sha256:" + "cd" * 32
@@ -516,3 +516,12 @@ class FakeDockerAPI(docker.APIClient):
 
     def remove_container(self, container, v=False, link=False, force=False):
         self.calls.append(("remove", container, force))
+
+
+class NoEngine:
+    """Stands in for the Engine class where a test must never reach an engine:
+    connecting fails as it does with no engine running."""
+
+    @classmethod
+    def connect(cls, *a, **kw):
+        raise EngineUnavailable("no Docker engine in unit tests")

@@ -118,3 +118,53 @@ def gpu_image(session_project, base_image, docker_api):
     built = build_copy(session_project, "ssd-mxnet-gpu", docker_api)
     yield built
     remove_image(docker_api, built.ref)
+
+
+@pytest.fixture(scope="session")
+def second_engine(tmp_path_factory):
+    """A second, separate Docker engine (tests/engine/second_engine.py) at
+    `.url`, started empty for the session and removed with its bridge and data
+    at the end; `.stop(sig)` / `.start()` stop and restart it on the same data."""
+    from second_engine import SecondEngine
+    engine = SecondEngine(tmp_path_factory.mktemp("engine2"))
+    try:
+        engine.start()
+        yield engine
+    finally:
+        engine.close()
+
+
+class RemoteSmoke:
+    """`imagekit smoke --engine` of tf_image against the second engine, which
+    held no copy of it, and what both engines held right after."""
+
+    def __init__(self, built: Built, run, seconds: float, held_before: bool,
+                 left_here: list[str], containers_there: list[dict], volumes_there: list[dict],
+                 image_there: str | None):
+        self.built, self.run, self.seconds, self.held_before = built, run, seconds, held_before
+        self.left_here, self.containers_there = left_here, containers_there
+        self.volumes_there, self.image_there = volumes_there, image_there
+
+
+@pytest.fixture(scope="session")
+def remote_tf(tf_image, second_engine, docker_api) -> RemoteSmoke:
+    """tf_image shipped to the second engine by its first `imagekit smoke --engine`
+    there (the tests that need the image on that engine share this run)."""
+    import time
+
+    from helpers import leftovers
+    api2 = second_engine.api()
+
+    def image_id_there() -> str | None:
+        try:
+            return api2.inspect_image(tf_image.ref)["Id"]
+        except docker.errors.NotFound:
+            return None
+
+    held_before = image_id_there() is not None
+    started = time.monotonic()
+    run = tf_image.project.run("--json", "smoke", tf_image.name, "--engine", second_engine.url,
+                               timeout=900)
+    return RemoteSmoke(tf_image, run, round(time.monotonic() - started, 1), held_before,
+                       leftovers(docker_api, tf_image.ref), api2.containers(all=True),
+                       api2.volumes().get("Volumes") or [], image_id_there())

@@ -110,6 +110,13 @@ class SecondEngine:
         self.stop(signal.SIGKILL)
         raise RuntimeError(f"the second dockerd did not answer on {self.url}:\n{tail}")
 
+    def ensure_running(self) -> SecondEngine:
+        """Start it again when a test stopped it (or it died)."""
+        if self.answers():
+            return self
+        self.stop(signal.SIGKILL)
+        return self.start()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> None:
         """Stop dockerd (SIGTERM: as `systemctl stop docker` does; SIGKILL: a crash)
         and wait until it and the containerd it started are gone."""
@@ -145,6 +152,15 @@ class SecondEngine:
 
     def volumes(self) -> list[dict]:
         return self.api().volumes().get("Volumes") or []
+
+    def load_from_first(self, ref: str, timeout: float = 300) -> None:
+        """`docker save REF | docker -H URL load`: an image of the first engine, here."""
+        save = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE)
+        load = subprocess.run(["docker", "-H", self.url, "load", "-q"], stdin=save.stdout,
+                              capture_output=True, text=True, timeout=timeout)
+        save.stdout.close()
+        if save.wait(timeout=timeout) != 0 or load.returncode != 0:
+            raise RuntimeError(f"could not copy {ref} to {self.url}: {load.stderr.strip()}")
 
     # -- internals ------------------------------------------------------------
     def _pid_from_file(self) -> int | None:

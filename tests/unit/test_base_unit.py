@@ -7,27 +7,18 @@ from __future__ import annotations
 import threading
 import time
 
+from fakes import FakeEngine
+
 from imagekit import base
 from imagekit.config import load_project
-from imagekit.engine import ImageInfo
 from imagekit.events import Info
-
-
-class FakeEngine:
-    def __init__(self, present: set[str]):
-        self.present = set(present)
-        self.lock = threading.Lock()
-
-    def image(self, ref: str) -> ImageInfo | None:
-        with self.lock:
-            return ImageInfo("sha256:" + "cd" * 32) if ref in self.present else None
 
 
 def _fake_bootstrap(made: list):
     def bootstrap(project, engine, force=False):
         made.append(project.config.base.image)
         time.sleep(0.3)                       # long enough for a second build to arrive
-        engine.present.add(project.config.base.image)
+        engine.add_image(project.config.base.image)
         yield Info(project.config.base.image, "made")
     return bootstrap
 
@@ -46,7 +37,7 @@ def test_made_when_configured_and_absent(project, monkeypatch, tmp_path):
     made: list = []
     monkeypatch.setattr(base, "bootstrap", _fake_bootstrap(made))
     p = _project(project, base_section=True)
-    engine = FakeEngine(set())
+    engine = FakeEngine()
     events = list(base.ensure(p, engine, "mybase:1"))
     assert made == ["mybase:1"]
     assert "mybase:1 is not in the engine; making it" in events[0].message
@@ -57,7 +48,7 @@ def test_left_alone_when_not_configured_or_another_image(project, monkeypatch, t
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     made: list = []
     monkeypatch.setattr(base, "bootstrap", _fake_bootstrap(made))
-    engine = FakeEngine(set())
+    engine = FakeEngine()
     # no [base] section: the default image name is not made behind the user's back
     p = _project(project, base_section=False)
     assert list(base.ensure(p, engine, p.config.base.image)) == []
@@ -71,7 +62,7 @@ def test_two_builds_at_once_make_it_once(project, monkeypatch, tmp_path):
     made: list = []
     monkeypatch.setattr(base, "bootstrap", _fake_bootstrap(made))
     p = _project(project, base_section=True)
-    engine = FakeEngine(set())
+    engine = FakeEngine()
     results: list = []
     threads = [threading.Thread(target=lambda: results.append(list(base.ensure(p, engine,
                                                                                "mybase:1"))))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakes import FakeEngine, NoEngine
 from helpers import Project
 
 from imagekit import cli
-from imagekit.errors import EngineUnavailable
 
 LIMIT_S = 1.0
 
@@ -44,17 +44,9 @@ class Outcome:
         return [x for x in self.stderr.splitlines() if x.strip()]
 
 
-class _NoEngine:
-    """Stands in for Engine: these tests never reach an engine."""
-
-    @classmethod
-    def connect(cls, *a, **kw):
-        raise EngineUnavailable("no Docker engine in unit tests")
-
-
 @pytest.fixture
 def run(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "Engine", _NoEngine)
+    monkeypatch.setattr(cli, "Engine", NoEngine)
     monkeypatch.delenv("IMAGEKIT_DEBUG", raising=False)
     for var in ("IMAGEKIT_REGISTRY_USER", "IMAGEKIT_REGISTRY_PASSWORD", "IMAGEKIT_PROJECT"):
         monkeypatch.delenv(var, raising=False)
@@ -597,25 +589,12 @@ ARCHIVES = ["text", "empty", "random", "zip-empty", "zip-text-member", "tar-trun
             "tar-no-manifest", "gz-truncated", "bad-sidecar"]
 
 
-class _RefusingEngine:
-    """Reads the whole upload as an engine would, then refuses it; holds no image."""
-
-    def load(self, chunks):
-        for _ in chunks:
-            pass
-        from imagekit.errors import EngineError
-        raise EngineError("archive/tar: invalid tar header")
-
-    def image(self, ref):
-        return None
-
-
 @pytest.mark.parametrize("kind", ARCHIVES)
 def test_bad_archive(run, tmp_path, monkeypatch, kind):
     class Engine:
         @classmethod
         def connect(cls, *a, **kw):
-            return _RefusingEngine()
+            return FakeEngine(load_error="archive/tar: invalid tar header")
 
     monkeypatch.setattr(cli, "Engine", Engine)
     path = tmp_path / "image.zip"

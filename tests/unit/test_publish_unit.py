@@ -560,7 +560,22 @@ def test_engine_refusal_of_the_archive(out_dir):
     assert eng.received == TAR and eng.images == {}
 
 
-# -- CLI ----------------------------------------------------------------------
+# -- display and CLI ------------------------------------------------------------
+
+def test_plain_display_of_publish_results(capsys, passed, out_dir):
+    from imagekit.display import Display
+    push_events = _push(passed, engine())
+    save_events = _save(passed, engine(), "zip", out_dir / "x.zip")
+    load_events = list(load_stage.load(out_dir / "x.zip", FakeEngine()))
+    with Display("plain") as d:
+        for ev in push_events + save_events + load_events:
+            d.show(ev)
+    out = capsys.readouterr().out
+    assert f"{SPEC_HOST}/team/x_train:v1  {DIGEST}" in out
+    assert "x: saved x:v1" in out and f"loaded x:v1 ({IMAGE_ID})" in out
+    assert f"x: {SPEC_HOST}/team l1 Pushing 0.0/0.0 MB" in out
+
+
 
 def test_cli_usage_errors(out_dir):
     r = imagekit("-C", str(out_dir), "save", "x", "--zip", "--tar")

@@ -1,0 +1,191 @@
+"""The engine itself goes away in the middle of a command: the second engine
+(never the first) is stopped (SIGTERM, as `systemctl stop docker` does) or
+crashes (SIGKILL) during a smoke run, a push and a build. Each time imagekit
+exits with the documented code and one line (with --json: one error object),
+no traceback; once the engine is back, the next imagekit command that
+connects to it leaves no container or volume imagekit made, and no tag a push
+or build half made, on that engine or in the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from helpers import REPO, Project, imagekit, unique
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "registry"))
+from harness import Registry  # noqa: E402
+
+SIGNALS = [pytest.param(signal.SIGTERM, id="stopped"), pytest.param(signal.SIGKILL, id="crashed")]
+OWNED = {"label": ["io.imagekit.owned=true"]}
+
+
+@pytest.fixture
+def engine2(second_engine, remote_tf):
+    """The second engine, running and holding tf_image; running again afterwards."""
+    assert remote_tf.image_there == remote_tf.built.image_id, "tf_image is not on the 2nd engine"
+    second_engine.ensure_running()
+    yield second_engine
+    second_engine.ensure_running()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    with Registry(tmp_path_factory.mktemp("faultreg")) as reg:
+        yield reg
+
+
+def _start(project: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imagekit", "-C", str(project), "--json", *args],
+                            cwd=REPO, env={**os.environ, **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _until(check, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"imagekit ended (exit {proc.returncode}) before {what}:\n"
+                        f"{out[-2000:]}\n{err[-2000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"imagekit did not end within {timeout}s after the engine went away:\n"
+                    f"{out[-1500:]}\n{err[-1500:]}")
+
+
+def _one_error(err: str) -> dict:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    obj = json.loads(lines[0])
+    assert obj["event"] == "error", obj
+    return obj
+
+
+def _lost(proc: subprocess.Popen, err: str, url: str) -> None:
+    """Exit 5 and the one line saying which engine was lost."""
+    obj = _one_error(err)
+    assert proc.returncode == 5, obj
+    assert obj["exit_code"] == 5
+    assert obj["message"].startswith(f"lost the Docker engine at {url}"), obj
+
+
+def _reconnect(url: str) -> None:
+    """The next imagekit command against that engine: any that connects sweeps
+    what a dead imagekit process left there; this one connects, then finds no
+    image of that name (exit 2)."""
+    r = imagekit("inspect", f"{unique('nothing')}:1", env={"DOCKER_HOST": url}, timeout=120)
+    assert r.code == 2, r.output
+
+
+def _owned(api) -> list[str]:
+    cs = api.containers(all=True, filters=OWNED)
+    vs = api.volumes(filters=OWNED).get("Volumes") or []
+    return [f"container {c['Names'][0]} {c['Status']}" for c in cs] + \
+        [f"volume {v['Name']}" for v in vs]
+
+
+def _tags(api, prefix: str) -> list[str]:
+    return [t for img in api.images() for t in img.get("RepoTags") or [] if t.startswith(prefix)]
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_engine_lost_during_smoke(engine2, remote_tf, sig):
+    built, api = remote_tf.built, engine2.api()
+
+    def training() -> bool:
+        return any(m.get("Destination") == "/data/data"
+                   for c in api.containers(filters=OWNED) for m in c.get("Mounts") or [])
+
+    proc = _start(built.project.root, "smoke", built.name, "--engine", engine2.url,
+                  "--steps", "100000")
+    _until(training, 240, "the training container to run on the second engine", proc)
+    engine2.stop(sig)
+    _out, err = _finish(proc)
+    _lost(proc, err, engine2.url)
+    engine2.start()
+    left = _owned(api)
+    _reconnect(engine2.url)
+    assert _owned(api) == [], f"left after the sweep (before it: {left})"
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_engine_lost_during_push(engine2, remote_tf, registry, sig):
+    built, api = remote_tf.built, engine2.api()
+    spec = yaml.safe_load((built.project.root / "images" / built.name / "image.yaml").read_text())
+    repository = (spec.get("push") or {}).get("repository") or built.name
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    repo_dir = registry.storage / "docker/registry/v2/repositories" / namespace / repository
+
+    def uploading() -> bool:
+        uploads = repo_dir / "_uploads"
+        return uploads.is_dir() and any(uploads.iterdir())
+
+    proc = _start(built.project.root, "push", built.name, "--to", f"{registry.host}/{namespace}",
+                  "--no-smoke-gate", "--retries", "0", env={"DOCKER_HOST": engine2.url})
+    _until(uploading, 120, "the engine to start uploading layers", proc)
+    engine2.stop(sig)
+    _out, err = _finish(proc)
+    _lost(proc, err, engine2.url)
+    engine2.start()
+    _reconnect(engine2.url)
+    assert _tags(api, f"{registry.host}/") == [], "a tag made for the push is left"
+    tags = requests.get(f"http://{registry.host}/v2/{namespace}/{repository}/tags/list", timeout=10)
+    assert tags.status_code == 404 or not tags.json().get("tags"), tags.text
+    assert _owned(api) == []
+
+
+@pytest.fixture(scope="module")
+def base_on_engine2(second_engine, base_image):
+    """The bootstrapped base on the second engine (a root image builds FROM it)."""
+    second_engine.ensure_running().load_from_first(base_image)
+    return base_image
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_engine_lost_during_build(engine2, base_on_engine2, tf_image, tmp_path, sig):
+    """A root image (the TensorFlow spec plus an apt package) built on the second
+    engine, which holds its base: the engine goes away during its first RUN step."""
+    project = Project(tmp_path / "proj")
+    toml = project.root / "imagekit.toml"
+    toml.write_text(toml.read_text().replace("port = 17311", f"port = {17400 + os.getpid() % 100}"))
+    name = unique("faultbuild")
+    project.copy("ocr-cpu", name, tags=["test"], apt=["file"])
+    api = engine2.api()
+
+    def step_running() -> bool:
+        return bool(api.containers())
+
+    proc = _start(project.root, "build", name, env={"DOCKER_HOST": engine2.url})
+    _until(step_running, 300, "a build step to run on the second engine", proc)
+    time.sleep(1)
+    engine2.stop(sig)
+    _out, err = _finish(proc)
+    obj = _one_error(err)
+    assert proc.returncode in (5, 6) and obj["exit_code"] == proc.returncode, obj
+    engine2.start()
+    _reconnect(engine2.url)
+    assert _tags(api, f"{name}:") == []
+    assert api.containers(all=True) == [], "a build container is left"
+    assert _owned(api) == []
