@@ -325,7 +325,8 @@ def build(
     if failed:
         first = next(iter(failed.values()))
         if len(outcome) == 1:
-            error(first.reason, first.details, as_json=state.output == "json")
+            error(first.reason, first.details, as_json=state.output == "json",
+                  code=first.exit_code)
         raise typer.Exit(first.exit_code)
 
 

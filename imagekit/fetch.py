@@ -124,6 +124,10 @@ def wanted(plan: Plan, project: Project) -> Wanted:
                                                 f"{_spec_file(p)}")
         for r in p.spec.model.pip:
             fixes[_canonical(r)] = f"fix the version in {_spec_file(p)}"
+    installer = matrix.load().get("installer")    # what the builds install with (partials/install.j2)
+    if installer and installer not in reqs:
+        reqs.append(installer)
+        fixes.setdefault(_canonical(installer), "the installer is pinned in imagekit's matrix.yaml")
     return Wanted(
         image=plan.name, requirements=tuple(reqs), target_args=tuple(platform_args(plan)),
         target=f"Python {plan.python} on manylinux x86_64 (glibc {plan.variant.glibc})",
@@ -452,6 +456,12 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # no access log on the terminal
         pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionError:    # the client hung up early (uv stops reading once it has a
+            pass                   # wheel's metadata); no traceback on the user's terminal
 
 
 _servers: dict[int, list] = {}  # port -> [server, users, wheelhouse]

@@ -37,10 +37,10 @@ def direct(engine: EngineAPI, name: str, image_id: str, dests: list[Destination]
     pending = list(dests)
     attempt = 0
     started = time.monotonic()
+    sent: dict[Destination, int] = {}          # bytes of earlier, failed attempts
     while pending:
         attempt += 1
         failed: dict[Destination, ImagekitError] = {}
-        sent: dict[Destination, int] = {}
         try:
             for ev in registry.push(engine.save(image_id), [targets[d] for d in pending], creds,
                                     format=fmt, expect_id=image_id, sleep=sleep):

@@ -269,7 +269,8 @@ def test_report_keys_and_a_passing_run(monkeypatch, capsys):
     ready = rep["gpu_readiness"]
     assert ready["error"] is None and ready["cuda_build"] is False
     assert ready["archs"] == {"sass": [], "ptx": []} and ready["missing"] == []
-    assert set(ready) == {"cuda_build", "cuda", "cudnn", "libraries", "missing", "driver", "archs",
+    assert set(ready) == {"cuda_build", "cuda", "cudnn", "libraries", "missing", "driver",
+                          "driver_symbols", "archs",
                           "archs_reason", "native", "error"}
 
 

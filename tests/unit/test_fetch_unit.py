@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, Project
 
-from imagekit import fetch
+from imagekit import fetch, matrix
 from imagekit.config import load_project
 from imagekit.errors import FetchError
 from imagekit.events import FetchResult
@@ -187,7 +187,7 @@ def test_the_image_requirements_name_what_to_fix(tmp_path):
                     "pip": ["six==1.17.0"]})
     p = load_project(proj.root)
     w = fetch.wanted(p.catalog.resolve("mx"), p)
-    assert w.requirements == ("mxnet==1.9.1", "numpy<1.24", "six==1.17.0")
+    assert w.requirements == ("mxnet==1.9.1", "numpy<1.24", "six==1.17.0", matrix.load()["installer"])
     six = w.fix_for("six==2")
     assert six.startswith("fix the version in ") and six.endswith("images/mx/image.yaml")
     assert "framework.version" in w.fix_for("mxnet==1.9.1")

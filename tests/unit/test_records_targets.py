@@ -126,8 +126,6 @@ def test_a_tag_with_a_reference_is_a_usage_error(proj):
     assert e.value.exit_code == 2 and "(ghcr.io/org/trainer:v2)" in e.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="targets.resolve appends --tag to a reference that already "
-                   "has a tag (localhost:5000/org/trainer:2.1:v2, not a valid reference)")
 def test_the_tag_hint_replaces_the_references_own_tag(proj):
     eng = FakeEngine()
     eng.add_image("localhost:5000/org/trainer:2.1", IID)
