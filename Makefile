@@ -18,13 +18,12 @@ $(VENV)/.installed: pyproject.toml
 engine:
 	@bash scripts/engine.sh
 
-# The offline preparation this machine needs: a local base image made
-# from Debian's mirror (no registry) and a wheelhouse filled by the host's pip.
+# The offline preparation this machine needs: a local base image made from
+# Debian's mirror (no registry); builds fill the wheelhouse with the host's pip.
 base: install engine
 	$(IMAGEKIT) base bootstrap
 
 demo: base
-	$(IMAGEKIT) fetch $(DEMO)
 	$(IMAGEKIT) build $(DEMO)
 	$(IMAGEKIT) smoke $(DEMO)
 
