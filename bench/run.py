@@ -39,8 +39,12 @@ USER, PASSWORD = "imagekit-test", "not-a-real-secret-4711"   # test-only, baked 
 TITLES = {"save": "1. Save to one archive", "rebuild": "2. Rebuild after a code-only change",
           "all": "3. `imagekit build --all` against sequential `docker build`",
           "push": "4. Push to two registries", "smoke": "5. Smoke-test overhead",
-          "inspect": "6. Image efficiency"}
+          "inspect": "6. Image efficiency", "installer": "7. Cold build: uv against pip"}
 q = shlex.quote
+# The pip side of measurement 7: templates/partials/install.j2 as it is without an installer.
+PIP_LINE = ('pip install --no-cache-dir {{ pip_opts }}{% if index %}--extra-index-url {{ index }} {% endif %}'
+            '{{ reqs | map("shell") | join(" ") }}')
+PIP_INSTALL = f"{{% macro pip_install(reqs, index=none) -%}}\n{PIP_LINE}\n{{%- endmacro %}}\n"
 
 
 class BenchError(Exception):
@@ -204,15 +208,15 @@ class Bench:
             (root / "imagekit.toml").write_text(cfg)
         return self.projects[key]
 
-    def copy_spec(self, root: Path, name: str) -> str:
-        """Copy a catalog spec (its code and parents too) into root as <id>-<name>:bench."""
-        new = f"{self.id}-{name}"
+    def copy_spec(self, root: Path, name: str, prefix: str = "") -> str:
+        """Copy a catalog spec (its code and parents too) into root as <id>-<prefix><name>:bench."""
+        new = f"{self.id}-{prefix}{name}"
         d = root / "images" / new
         if not d.exists():
             spec = self.src.catalog.get(name)
             data = {**yaml.safe_load(spec.path.read_text()), "name": new, "tags": ["bench"]}
             if data.get("parent"):
-                data["parent"] = self.copy_spec(root, data["parent"])
+                data["parent"] = self.copy_spec(root, data["parent"], prefix)
             d.mkdir(parents=True)
             if spec.code_dir is not None:
                 shutil.copytree(spec.code_dir.resolve(), d / "code",
@@ -419,6 +423,88 @@ class Bench:
             log(f"inspect {n}: {eff} efficient")
         s.notes.append("Wasted: bytes of files that a later layer deletes or overwrites; efficiency "
                        "= 1 − wasted / the sum of the layers' file sizes.")
+
+    # -- 7. cold build: uv against pip ---------------------------------------------------
+    def profiled_build(self, cmd: str) -> tuple[float, float, float]:
+        """Wall time of a `--json` build, and summed over its steps that install Python
+        packages: the time until the step's last log line (the installer's own work) and
+        from there to the next step (the engine committing the layer)."""
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**self.env, "PYTHONUNBUFFERED": "1"})
+        work = commit = 0.0
+        step: tuple[str, float] | None = None     # (instruction, started)
+        last = 0.0                                 # the time of the step's last log line
+        tail: list[str] = []
+
+        def close(now: float) -> None:
+            nonlocal work, commit
+            if step and "pip install" in step[0]:
+                end = max(last, step[1])
+                work += end - step[1]
+                commit += now - end
+
+        for line in p.stdout:
+            now = time.perf_counter()
+            tail = (tail + [line.rstrip()])[-4:]
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            kind = ev.get("event") if isinstance(ev, dict) else None
+            if kind in ("step", "built"):
+                close(now)
+                step = (ev.get("instruction", ""), now) if kind == "step" else None
+            elif kind == "log":
+                last = now
+        close(time.perf_counter())
+        if p.wait() != 0:
+            raise BenchError(f"`{self.show(cmd)}` exited {p.returncode}: {' | '.join(tail)}")
+        return round(time.perf_counter() - t0, 2), round(work, 2), round(commit, 2)
+
+    def m_installer(self, s: Section) -> None:
+        roots = {"uv": self.project("uv"), "pip": self.project("pip")}
+        own = roots["pip"] / "templates" / "partials" / "install.j2"
+        own.parent.mkdir(parents=True)
+        own.write_text(PIP_INSTALL)        # the pip side: this project's own partial comes first
+        names = {side: self.copy_spec(root, self.image, f"{side}-") for side, root in roots.items()}
+        refs: list[str] = []
+        for side, root in roots.items():
+            refs += [p.spec.image_ref() for p in load_project(root).catalog.resolve(names[side]).chain()]
+            self.sh(f"{self.ik(root)} fetch {names[side]}")
+            text = self.sh(f"{self.ik(root)} render {names[side]}")[1]
+            if ("uv pip install" in text) != (side == "uv"):
+                raise BenchError(f"the {side} side's Dockerfile does not install with {side}: "
+                                 "is `installer` set in matrix.yaml and given to the templates?")
+        cmds = {side: f"{self.ik(root)} --json build {names[side]} --no-cache"
+                for side, root in roots.items()}
+        s.sides = ("uv", "pip")
+        s.commands = [("uv", cmds["uv"]), ("pip", cmds["pip"]),
+                      ("pip side's macro in $W/pip/templates/partials/install.j2", PIP_LINE)]
+
+        def one(side: str, i: int) -> tuple[float, float, float]:
+            self.remove_built()    # cold against cold
+            try:
+                return self.profiled_build(cmds[side])
+            finally:
+                self.built(*refs)
+
+        got = {k: list(zip(*v, strict=True))
+               for k, v in self.compare("installer", ["uv", "pip"], one).items()}
+        self.remove_built()
+        (ut, uw, uc), (pt, pw, pc) = got["uv"], got["pip"]
+        s.rows = [Row(f"cold build of `{self.image}`", "s", ut, pt, max_ratio=0.5),
+                  Row("installing steps: until their last log line", "s", uw, pw),
+                  Row("installing steps: from there to the next step (layer commit)", "s", uc, pc)]
+        s.notes.append(f"Spec: copies of `{self.image}` (and its parents) in two throwaway projects, built "
+                       "with --no-cache, each side's images removed before the next run. The uv side "
+                       "renders with the built-in templates (`installer` in imagekit/matrix.yaml); the pip "
+                       "side's project overrides only templates/partials/install.j2 with the one line "
+                       "shown, so both Dockerfiles differ in the install commands alone. Both install "
+                       "from the same wheelhouse, served on the same port. The profile rows add up the "
+                       "steps whose command holds `pip install`, timed as the `--json` events arrive: "
+                       "the first figure is the installer's own work, the second the engine turning the "
+                       "step's container into a layer.")
 
     def cleanup(self) -> None:
         for compose in self.compose:

@@ -587,6 +587,8 @@ def main() -> None:
     try:
         rv = app(standalone_mode=False, prog_name="imagekit")
         code = rv if isinstance(rv, int) else 0
+        if code == 130:     # a Ctrl-C that typer met itself: it returns 130 and says nothing
+            error("interrupted", as_json=as_json, code=130)
     except ImagekitError as e:
         if debug:
             raise

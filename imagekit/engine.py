@@ -202,12 +202,15 @@ class Engine:
         """The legacy builder's stream, decoded. Raises EngineStreamError with
         the engine's message when a step fails."""
         image_id = None
+        partial = ""           # a line the engine sent in pieces (uv writes partial lines)
         try:
             for item in self.api.build(
                     fileobj=context, custom_context=True, encoding=None, tag=tag, nocache=nocache,
                     rm=True, forcerm=True, decode=True, pull=pull, network_mode=network_mode):
                 if "stream" in item:
-                    for line in str(item["stream"]).splitlines():
+                    text = partial + str(item["stream"])
+                    text, _, partial = text.rpartition("\n") if "\n" in text else ("", "", text)
+                    for line in text.splitlines():
                         line = line.rstrip()
                         if not line:
                             continue
@@ -221,7 +224,10 @@ class Engine:
                         elif not line.startswith((" ---> ", "Successfully tagged",
                                                   "Removing intermediate")):
                             yield BuildOutput(line)
-                elif isinstance(item.get("aux"), dict) and "ID" in item["aux"]:
+                elif partial and ("error" in item or "errorDetail" in item or "aux" in item):
+                    yield BuildOutput(partial.rstrip())
+                    partial = ""
+                if isinstance(item.get("aux"), dict) and "ID" in item["aux"]:
                     image_id = item["aux"]["ID"]
                 elif "error" in item or "errorDetail" in item:
                     raise EngineStreamError(_stream_error(item))
@@ -231,6 +237,8 @@ class Engine:
             raise EngineError(f"build request failed: {_explain(e)}") from e
         except urllib3.exceptions.HTTPError as e:
             raise self._lost(e) from e
+        if partial.strip():
+            yield BuildOutput(partial.rstrip())
         if image_id is None:
             raise EngineStreamError("the engine ended the build without an image ID")
         yield BuildDone(image_id)

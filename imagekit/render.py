@@ -119,6 +119,7 @@ def context(plan: Plan, project: Project) -> dict:
         "framework_pip": list(v.pip),
         "framework_index": None if offline else v.pip_index,
         "jupyter_pip": matrix.jupyter_pip(),
+        "installer": matrix.load().get("installer"),
         "jupyter": m.jupyter if m.jupyter.enabled else None,
         "notebook_dir_mounted": any(m.jupyter.notebook_dir == d or
                                     m.jupyter.notebook_dir.startswith(d + "/")

@@ -45,7 +45,8 @@ def test_layer_order_and_no_caches():
             assert idx["apt-get install"] < idx["python3 -m venv"]
         if idx["COPY code/"] is not None:
             assert all(i < idx["COPY code/"] for i in pip), name
-        assert all("--no-cache-dir" in lines[i] for i in pip), name
+        assert all(("--no-cache-dir" if "uv pip" not in lines[i] else "--no-cache ") in lines[i]
+                   for i in pip), name
         if idx["apt-get install"] is not None:
             assert "rm -rf /var/lib/apt/lists/*" in text
 

@@ -14,10 +14,14 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
 # PyTorch 2.13.0 (CPU)
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch==2.13.0
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch==2.13.0 \
+ && rm -rf /tmp/uv
 
 # Other Python packages (framework pins repeated so nothing replaces them)
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch==2.13.0 pyyaml==6.0.3 numpy==2.4.6
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch==2.13.0 pyyaml==6.0.3 numpy==2.4.6 \
+ && rm -rf /tmp/uv
 
 WORKDIR /opt/detectron2
 

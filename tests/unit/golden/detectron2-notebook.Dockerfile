@@ -4,7 +4,9 @@ FROM detectron2-base:v1.0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # JupyterLab for notebook work; the platform passes its base URL in $PUMPKIN_JPY_BASE_URL
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch==2.13.0 jupyterlab==4.6.6
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch==2.13.0 jupyterlab==4.6.6 \
+ && rm -rf /tmp/uv
 LABEL org.opencontainers.image.title="detectron2-notebook" \
       org.opencontainers.image.description="JupyterLab notebook image built FROM detectron2-base" \
       org.opencontainers.image.version="v1.0" \

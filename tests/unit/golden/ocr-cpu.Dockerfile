@@ -14,7 +14,9 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
 # TensorFlow 2.21.0 (CPU)
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 tensorflow==2.21.0
+RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 tensorflow==2.21.0 \
+ && rm -rf /tmp/uv
 ENV TF_CPP_MIN_LOG_LEVEL=1
 
 ENV OCR_DATA_DIR="/data/data"
