@@ -44,7 +44,12 @@ class Built:
 def session_project(tmp_path_factory) -> Project:
     """One project for every image the engine tests share (children need
     their parents in the same catalog)."""
-    return Project(tmp_path_factory.mktemp("engine") / "proj")
+    project = Project(tmp_path_factory.mktemp("engine") / "proj")
+    toml = project.root / "imagekit.toml"
+    # a wheelhouse port of its own (another imagekit may be building with the default
+    # one), fixed so that the pip layers stay cached from one test run to the next
+    toml.write_text(toml.read_text().replace("port = 17311", "port = 17391"))
+    return project
 
 
 def build_in(project: Project, name: str, docker_api) -> Built:

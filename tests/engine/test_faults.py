@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +25,7 @@ from helpers import REPO, Project, imagekit, unique
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "registry"))
 from harness import Registry  # noqa: E402
+from second_engine import free_port  # noqa: E402
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="stopped"), pytest.param(signal.SIGKILL, id="crashed")]
 OWNED = {"label": ["io.imagekit.owned=true"]}
@@ -44,49 +46,73 @@ def registry(tmp_path_factory):
         yield reg
 
 
-def _start(project: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "imagekit", "-C", str(project), "--json", *args],
-                            cwd=REPO, env={**os.environ, **(env or {})}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+class Running:
+    """An imagekit command in a subprocess; its output collected as it comes."""
+
+    def __init__(self, project: Path, *args: str, env: dict | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imagekit", "-C", str(project), "--json", *args], cwd=REPO,
+            env={**os.environ, **(env or {})}, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [threading.Thread(target=lambda f=f, to=to: to.extend(f), daemon=True)
+                        for f, to in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self.readers:
+            t.start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def said(self, event: str) -> bool:
+        return any(f'"event": "{event}"' in line for line in list(self.out))
+
+    def until(self, check, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if self.proc.poll() is not None:
+                self.finish()
+                pytest.fail(f"imagekit ended (exit {self.returncode}) before {what}:\n"
+                            f"{''.join(self.out)[-2000:]}\n{''.join(self.err)[-2000:]}")
+            time.sleep(0.2)
+        self.proc.kill()
+        self.finish()
+        pytest.fail(f"timed out waiting for {what}")
+
+    def finish(self, timeout: float = 120) -> str:
+        """Wait for the end; its stderr."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"imagekit did not end within {timeout}s after the engine went away:\n"
+                        f"{''.join(self.out)[-1500:]}\n{''.join(self.err)[-1500:]}")
+        for t in self.readers:
+            t.join(timeout=10)
+        return "".join(self.err)
 
 
-def _until(check, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"imagekit ended (exit {proc.returncode}) before {what}:\n"
-                        f"{out[-2000:]}\n{err[-2000:]}")
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"imagekit did not end within {timeout}s after the engine went away:\n"
-                    f"{out[-1500:]}\n{err[-1500:]}")
-
-
-def _one_error(proc: subprocess.Popen, err: str, problems: list[str]) -> dict:
+def _one_error(proc: Running, err: str, problems: list[str]) -> dict:
     """The one JSON error object on stderr, its exit code the process's own."""
     lines = err.strip().splitlines()
     if "Traceback" in err or len(lines) != 1:
         problems.append(f"stderr is not one line: {err[-1500:]}")
         return {}
-    obj = json.loads(lines[0])
+    try:
+        obj = json.loads(lines[0])
+    except ValueError:
+        problems.append(f"stderr is not a JSON error object: {lines[0]}")
+        return {}
     if obj.get("event") != "error" or obj.get("exit_code") != proc.returncode:
         problems.append(f"exit {proc.returncode}, error object {obj}")
     return obj
 
 
-def _lost(proc: subprocess.Popen, err: str, url: str, problems: list[str]) -> None:
+def _lost(proc: Running, err: str, url: str, problems: list[str]) -> None:
     """Exit 5 and the one line saying which engine was lost."""
     obj = _one_error(proc, err, problems)
     if proc.returncode != 5 or not obj.get("message", "").startswith(
@@ -122,11 +148,11 @@ def test_engine_lost_during_smoke(engine2, remote_tf, sig):
         return any(m.get("Destination") == "/data/data"
                    for c in api.containers(filters=OWNED) for m in c.get("Mounts") or [])
 
-    proc = _start(built.project.root, "smoke", built.name, "--engine", engine2.url,
-                  "--steps", "100000")
-    _until(training, 240, "the training container to run on the second engine", proc)
+    proc = Running(built.project.root, "smoke", built.name, "--engine", engine2.url,
+                   "--steps", "100000")
+    proc.until(training, 240, "the training container to run on the second engine")
     engine2.stop(sig)
-    _out, err = _finish(proc)
+    err = proc.finish()
     problems: list[str] = []
     _lost(proc, err, engine2.url, problems)
     engine2.start()
@@ -137,23 +163,30 @@ def test_engine_lost_during_smoke(engine2, remote_tf, sig):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("sig", SIGNALS)
-def test_engine_lost_during_push(engine2, remote_tf, registry, sig):
+@pytest.mark.parametrize("via, sig", [
+    pytest.param("direct", signal.SIGTERM, id="own-path-stopped"),
+    pytest.param("engine", signal.SIGKILL, id="via-engine-crashed")])
+def test_engine_lost_during_push(engine2, remote_tf, registry, via, sig):
+    """imagekit's own push path is stopped while it reads the engine's export (the
+    big layer is compressed before it is sent); the engine's push once it uploads."""
     built, api = remote_tf.built, engine2.api()
     spec = yaml.safe_load((built.project.root / "images" / built.name / "image.yaml").read_text())
     repository = (spec.get("push") or {}).get("repository") or built.name
     namespace = f"t{uuid.uuid4().hex[:8]}"
     repo_dir = registry.storage / "docker/registry/v2/repositories" / namespace / repository
 
-    def uploading() -> bool:
+    def under_way() -> bool:
+        if via == "direct":       # the tags are made and the engine's export is being read
+            return proc.said("progress")
         uploads = repo_dir / "_uploads"
         return uploads.is_dir() and any(uploads.iterdir())
 
-    proc = _start(built.project.root, "push", built.name, "--to", f"{registry.host}/{namespace}",
-                  "--no-smoke-gate", "--retries", "0", env={"DOCKER_HOST": engine2.url})
-    _until(uploading, 120, "the engine to start uploading layers", proc)
+    proc = Running(built.project.root, "push", built.name, "--to", f"{registry.host}/{namespace}",
+                   "--no-smoke-gate", "--retries", "0", *(["--via-engine"] if via == "engine" else []),
+                   env={"DOCKER_HOST": engine2.url})
+    proc.until(under_way, 120, "the push to be under way")
     engine2.stop(sig)
-    _out, err = _finish(proc)
+    err = proc.finish()
     problems: list[str] = []
     _lost(proc, err, engine2.url, problems)
     engine2.start()
@@ -184,7 +217,7 @@ def test_engine_lost_during_build(engine2, base_on_engine2, tf_image, tmp_path, 
     engine, which holds its base: the engine goes away during its first RUN step."""
     project = Project(tmp_path / "proj")
     toml = project.root / "imagekit.toml"
-    toml.write_text(toml.read_text().replace("port = 17311", f"port = {17400 + os.getpid() % 100}"))
+    toml.write_text(toml.read_text().replace("port = 17311", f"port = {free_port()}"))
     name = unique("faultbuild")
     project.copy("ocr-cpu", name, tags=["test"], apt=["file"])
     api = engine2.api()
@@ -192,11 +225,11 @@ def test_engine_lost_during_build(engine2, base_on_engine2, tf_image, tmp_path, 
     def step_running() -> bool:
         return bool(api.containers())
 
-    proc = _start(project.root, "build", name, env={"DOCKER_HOST": engine2.url})
-    _until(step_running, 300, "a build step to run on the second engine", proc)
+    proc = Running(project.root, "build", name, env={"DOCKER_HOST": engine2.url})
+    proc.until(step_running, 300, "a build step to run on the second engine")
     time.sleep(1)
     engine2.stop(sig)
-    _out, err = _finish(proc)
+    err = proc.finish()
     problems: list[str] = []
     obj = _one_error(proc, err, problems)
     if proc.returncode not in (5, 6):
