@@ -324,9 +324,9 @@ def build(
     failed = {n: o for n, o in outcome.items() if o.status == "failed"}
     if failed:
         first = next(iter(failed.values()))
-        if len(outcome) == 1:
-            error(first.reason, first.details, as_json=state.output == "json",
-                  code=first.exit_code)
+        more = f" ({len(failed) - 1} more failed, listed above)" if len(failed) > 1 else ""
+        error(first.reason + more, first.details if len(outcome) == 1 else [],
+              as_json=state.output == "json", code=first.exit_code)
         raise typer.Exit(first.exit_code)
 
 

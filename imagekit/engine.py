@@ -17,6 +17,7 @@ import re
 import socket
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -105,6 +106,7 @@ class EngineAPI(Protocol):
     def image(self, ref: str) -> ImageInfo | None: ...
     def tag(self, image: str, repository: str, tag: str) -> None: ...
     def remove_image(self, ref: str) -> None: ...
+    def answers(self, settle: float = 0.0) -> bool: ...
     def build(self, context: IO[bytes], tag: str, *, network_mode: str | None = None,
               pull: bool = False, nocache: bool = False) -> Iterator[BuildItem]: ...
     def import_image(self, stream: IO[bytes], repository: str, tag: str,
@@ -194,7 +196,20 @@ class Engine:
     def remove_image(self, ref: str) -> None:
         """Untag `ref` (the image stays while other tags name it)."""
         with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.NotFound):
-            self.api.remove_image(ref, noprune=False)
+            self._call(self.api.remove_image, ref, noprune=False)
+
+    def answers(self, settle: float = 0.0) -> bool:
+        """Whether the engine still answers, now and for `settle` seconds more
+        (an engine shutting down stops its containers before it stops answering)."""
+        end = time.monotonic() + settle
+        while True:
+            try:
+                self.api.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+                return False
+            if time.monotonic() >= end:
+                return True
+            time.sleep(0.5)
 
     # -- build -------------------------------------------------------------
     def build(self, context: IO[bytes], tag: str, *, network_mode: str | None = None,
@@ -369,6 +384,8 @@ class Engine:
         except docker.errors.APIError as e:
             raise EngineError(f"export of {ref} failed: {_explain(e)}") from e
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
+            if not self.answers():
+                raise self._lost(e) from e
             raise EngineError(f"export of {ref} broke off: {_explain(e)}") from e
 
     def load(self, data: IO[bytes] | Iterator[bytes]) -> list[str]:
@@ -469,8 +486,12 @@ class Engine:
             raise self._lost(e) from e
 
     def _lost(self, e: Exception) -> EngineUnavailable:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        return EngineUnavailable(f"lost the Docker engine at {self.where}: {first}; {HINT}")
+        text = str(e)
+        why = next((w for w in ("refused", "reset", "closed", "aborted", "timed out",
+                                "No such file") if w.lower() in text.lower()), "")
+        first = {"": "it stopped answering", "No such file": "its socket is gone"}.get(
+            why, f"connection {why}")
+        return EngineUnavailable(f"lost the Docker engine at {self.where} ({first}); {HINT}")
 
 
 _HOST = socket.gethostname()

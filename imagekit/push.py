@@ -118,6 +118,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
     yield Info(name, f"pushing {src} ({image_id[:19]}) to "
                      f"{', '.join(d.ref for d in dests)}")
 
+    finished = False
     try:
         if via_engine_only:
             done = yield from via_engine(engine, name, dests, auths, retries, backoff, sleep,
@@ -131,15 +132,16 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
                                  f"engine instead: {why}")
                 done += yield from via_engine(engine, name, fallback, auths, retries, backoff,
                                               sleep, secrets)
+        finished = True
     except KeyboardInterrupt:
         raise Interrupted(f"{name}: push interrupted; a registry shows no tag until its manifest "
                           "is written") from None
+    finally:
+        if not finished:                 # interrupted or broken: the tags it made go too
+            _untag(engine, made)
 
     failed = [x for x in done if x.error is not None]
-    for x in failed:
-        if x.dest in made:
-            with contextlib.suppress(ImagekitError):
-                engine.remove_image(x.dest.ref)
+    _untag(engine, [x.dest for x in failed if x.dest in made])
     lost = next((x.error for x in failed if isinstance(x.error, EngineUnavailable)), None)
     if lost is not None:
         raise lost
@@ -162,3 +164,9 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
                          d.ref, d.repo, d.tag, by_dest[d].digest, f"{d.repo}@{by_dest[d].digest}",
                          by_dest[d].attempts, by_dest[d].seconds, by_dest[d].via,
                          by_dest[d].bytes_sent) for d in dests])
+
+
+def _untag(engine: EngineAPI, dests: list[Destination]) -> None:
+    for d in dests:
+        with contextlib.suppress(ImagekitError):
+            engine.remove_image(d.ref)

@@ -43,7 +43,8 @@ def direct(engine: EngineAPI, name: str, image_id: str, dests: list[Destination]
         failed: dict[Destination, ImagekitError] = {}
         try:
             for ev in registry.push(engine.save(image_id), [targets[d] for d in pending], creds,
-                                    format=fmt, expect_id=image_id, sleep=sleep):
+                                    format=fmt, expect_id=image_id, retries=min(retries, 4),
+                                    backoff=backoff / 2, sleep=sleep):
                 if isinstance(ev, Compressing):
                     yield Progress(name, f"layer {ev.source[:19]}", ev.done, ev.total, "compressing")
                 elif isinstance(ev, registry.BlobProgress):

@@ -215,6 +215,7 @@ class FakeEngine:
         self.scripts: list[tuple[str | Callable[[list[str] | None], bool], ContainerScript]] = []
         self.containers: list[Container] = []
         self.volumes: dict[str, bool] = {}            # name -> still there
+        self.alive = True                             # what answers() says
         self.volume_files: dict[str, list[str]] = {}
         self._exec_seen: dict[str, int] = {}
         self._next = 0
@@ -350,6 +351,10 @@ class FakeEngine:
         if c is None or c.removed:
             raise EngineError(f"No such container: {cid}")
         return c
+
+    def answers(self, settle: float = 0.0) -> bool:
+        self._record("answers", settle=settle)
+        return self.alive
 
     def sweep(self) -> int:
         """Remove what a dead process left: containers and volumes still there."""
