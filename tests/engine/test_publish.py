@@ -26,7 +26,7 @@ import pytest
 import requests
 from helpers import REPO, Project, docker_cli, unique
 
-from imagekit.build import update_record
+from imagekit import records
 from imagekit.config import load_project
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
@@ -116,9 +116,9 @@ def _tiny_project(tmp_path_factory, docker_api, *, smoke_passed: bool | None) ->
                        "push": {"repository": repo}})
     image_id = _build_tiny(docker_api, f"{name}:test")
     if smoke_passed is not None:
-        update_record(load_project(project.root), image_id, name=name, framework="pytorch",
-                      version="2.13.0", device="cpu",
-                      smoke={"passed": smoke_passed, "report": "written by the test", "at": None})
+        records.write(load_project(project.root), records.BuildRecord(
+            image_id, name=name, framework="pytorch", version="2.13.0", device="cpu",
+            smoke=records.SmokeMark(smoke_passed, "written by the test")))
     return Tiny(project, name, image_id, repo)
 
 
