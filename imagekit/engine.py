@@ -12,6 +12,7 @@ Nothing here prints."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -20,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 import docker
@@ -119,6 +121,8 @@ class EngineAPI(Protocol):
         -> contextlib.AbstractContextManager[str]: ...
     def files_in(self, cid: str, path: str) -> list[str]: ...
     def sweep(self) -> int: ...
+    def hold_tags(self, image_id: str, refs: list[str]) -> Path | None: ...
+    def release_tags(self, token: Path | None) -> None: ...
     def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]: ...
     def wait(self, cid: str, timeout: float) -> int: ...
     def state(self, cid: str) -> ContainerState: ...
@@ -218,6 +222,8 @@ class Engine:
         the engine's message when a step fails."""
         image_id = None
         partial = ""           # a line the engine sent in pieces (uv writes partial lines)
+        pending = note_pending(self.where, build=tag)
+        lost = False
         try:
             for item in self.api.build(
                     fileobj=context, custom_context=True, encoding=None, tag=tag, nocache=nocache,
@@ -247,11 +253,16 @@ class Engine:
                 elif "error" in item or "errorDetail" in item:
                     raise EngineStreamError(_stream_error(item))
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
-            if isinstance(e, requests.exceptions.ConnectionError):
+            if isinstance(e, requests.exceptions.ConnectionError) or not self.answers():
+                lost = True
                 raise self._lost(e) from e
             raise EngineError(f"build request failed: {_explain(e)}") from e
         except urllib3.exceptions.HTTPError as e:
+            lost = True
             raise self._lost(e) from e
+        finally:
+            if not lost:        # the engine removes its builder containers itself
+                forget_pending(pending)
         if partial.strip():
             yield BuildOutput(partial.rstrip())
         if image_id is None:
@@ -273,7 +284,7 @@ class Engine:
         it (a process can only clean up while the engine answers). Returns how
         many were removed."""
         mine = {"label": [f"io.imagekit.host={_HOST}"]}
-        removed = 0
+        removed = self._sweep_pending()
         try:
             for c in self.api.containers(all=True, filters=mine):
                 if not _alive((c.get("Labels") or {}).get("io.imagekit.pid")):
@@ -288,6 +299,41 @@ class Engine:
         except (docker.errors.APIError, requests.exceptions.RequestException):
             return removed
         return removed
+
+    def _sweep_pending(self) -> int:
+        """Tags a dead push made, containers a dead build's builder left."""
+        removed = 0
+        for path in sorted(_pending_dir().glob("*.json")) if _pending_dir().is_dir() else []:
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("host") != _HOST or rec.get("where") != self.where or \
+                    _alive(str(rec.get("pid"))):
+                continue
+            try:
+                for ref in rec.get("tags") or []:
+                    held = self.image(ref)
+                    if held is not None and held.id == rec.get("image_id"):
+                        self.api.remove_image(ref, noprune=False)
+                        removed += 1
+                if rec.get("build"):
+                    for c in self.api.containers(all=True, filters={"status": "exited"}):
+                        if c.get("Created", 0) >= int(rec["at"]) - 1 and \
+                                BUILDER_IMAGE.fullmatch(str(c.get("Image") or "")) and \
+                                not (c.get("Labels") or {}):
+                            self.api.remove_container(c["Id"], force=True)
+                            removed += 1
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                continue
+            forget_pending(path)
+        return removed
+
+    def hold_tags(self, image_id: str, refs: list[str]) -> Path | None:
+        return note_pending(self.where, image_id=image_id, tags=refs) if refs else None
+
+    def release_tags(self, token: Path | None) -> None:
+        forget_pending(token)
 
     @contextlib.contextmanager
     def volume(self, name: str, owner: str = "") -> Iterator[str]:
@@ -438,7 +484,10 @@ class Engine:
                 pd = item.get("progressDetail") or {}
                 yield LayerProgress(str(layer), status, int(pd.get("current") or 0),
                                     int(pd.get("total") or 0))
-        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+        except (docker.errors.APIError, requests.exceptions.RequestException,
+                urllib3.exceptions.HTTPError) as e:
+            if not self.answers():
+                raise self._lost(e) from e
             raise EngineError(f"push of {repository}:{tag} failed: {_explain(e)}") from e
         if not digest:
             raise EngineStreamError("the push stream ended without a manifest digest")
@@ -495,6 +544,32 @@ class Engine:
 
 
 _HOST = socket.gethostname()
+BUILDER_IMAGE = re.compile(r"(?:sha256:)?[0-9a-f]{12,64}")   # what a builder container runs
+
+
+def _pending_dir() -> Path:
+    from .config import cache_dir
+    return cache_dir() / "pending"
+
+
+def note_pending(where: str, **what: Any) -> Path | None:
+    """Write down what this process leaves on an engine until it says done
+    (forget_pending): tags made for a push, a build in flight. If the process
+    or the engine dies first, the next sweep of that engine removes it."""
+    d = _pending_dir()
+    with contextlib.suppress(OSError):
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{os.getpid()}-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps({"host": _HOST, "pid": os.getpid(), "where": where,
+                                    "at": time.time(), **what}))
+        return path
+    return None
+
+
+def forget_pending(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _labels(owner: str) -> dict[str, str]:

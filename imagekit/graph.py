@@ -59,11 +59,9 @@ def build_graph(plans: list[Plan], project: Project, engine: EngineAPI, *, jobs:
 
     def work(plan: Plan) -> None:
         try:
-            stages = [before(plan) if before else iter(()),
-                      build(plan, project, engine, nocache=nocache),
-                      after(plan) if after else iter(())]
-            for stage in stages:
-                for ev in stage:
+            stages = [before, lambda p: build(p, project, engine, nocache=nocache), after]
+            for stage in stages:          # each started only when the one before it ended
+                for ev in stage(plan) if stage else ():
                     if cancel.is_set():
                         raise Interrupted("cancelled")
                     events.put(ev)

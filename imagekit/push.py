@@ -112,36 +112,29 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
     secrets += [str(a.get(k, "")) for a, _ in auths.values() if a
                 for k in ("password", "Password", "IdentityToken", "identitytoken", "auth")]
 
-    made = [d for d in dests if engine.image(d.ref) is None]   # removed again on failure
-    for d in dests:
-        engine.tag(image_id, d.repo, d.tag)
     yield Info(name, f"pushing {src} ({image_id[:19]}) to "
                      f"{', '.join(d.ref for d in dests)}")
-
-    finished = False
     try:
         if via_engine_only:
-            done = yield from via_engine(engine, name, dests, auths, retries, backoff, sleep,
-                                         secrets)
+            done = yield from _through_engine(engine, name, image_id, dests, auths, retries,
+                                              backoff, sleep, secrets)
         else:
             done, fallback, why = yield from direct(engine, name, image_id, dests, auths,
                                                     fmt=fmt, retries=retries, backoff=backoff,
                                                     sleep=sleep)
+            for x in done:                 # the refs a push leaves, as docker push does
+                if x.error is None:
+                    with contextlib.suppress(ImagekitError):
+                        engine.tag(image_id, x.dest.repo, x.dest.tag)
             if fallback:
                 yield Info(name, f"pushing {', '.join(d.ref for d in fallback)} through the "
                                  f"engine instead: {why}")
-                done += yield from via_engine(engine, name, fallback, auths, retries, backoff,
-                                              sleep, secrets)
-        finished = True
+                done += yield from _through_engine(engine, name, image_id, fallback, auths,
+                                                   retries, backoff, sleep, secrets)
     except KeyboardInterrupt:
         raise Interrupted(f"{name}: push interrupted; a registry shows no tag until its manifest "
                           "is written") from None
-    finally:
-        if not finished:                 # interrupted or broken: the tags it made go too
-            _untag(engine, made)
-
     failed = [x for x in done if x.error is not None]
-    _untag(engine, [x.dest for x in failed if x.dest in made])
     lost = next((x.error for x in failed if isinstance(x.error, EngineUnavailable)), None)
     if lost is not None:
         raise lost
@@ -166,7 +159,34 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
                          by_dest[d].bytes_sent) for d in dests])
 
 
-def _untag(engine: EngineAPI, dests: list[Destination]) -> None:
+def _untag(engine: EngineAPI, dests: list[Destination]) -> bool:
+    """Remove these refs; False when the engine could not be asked."""
+    ok = True
     for d in dests:
-        with contextlib.suppress(ImagekitError):
+        try:
             engine.remove_image(d.ref)
+        except ImagekitError:
+            ok = False
+    return ok
+
+
+def _through_engine(engine: EngineAPI, name: str, image_id: str, dests: list[Destination],
+                    auths, retries, backoff, sleep, secrets):
+    """The engine pushes what is tagged in it: tag, push, and untag again what
+    failed. The tags are written down first, so that if this process or the
+    engine dies in between, the next connect to that engine removes them."""
+    made = [d for d in dests if engine.image(d.ref) is None]
+    token = engine.hold_tags(image_id, [d.ref for d in made])
+    done: list[Done] = []
+    try:
+        for d in dests:
+            engine.tag(image_id, d.repo, d.tag)
+        done = yield from via_engine(engine, name, dests, auths, retries, backoff, sleep, secrets)
+    except BaseException:
+        if _untag(engine, made):   # else the engine is gone: its next connect removes them
+            engine.release_tags(token)
+        raise
+    if not any(isinstance(x.error, EngineUnavailable) for x in done) and \
+            _untag(engine, [x.dest for x in done if x.error is not None and x.dest in made]):
+        engine.release_tags(token)
+    return done

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from . import registry
-from .destinations import Destination, Done
+from .destinations import ENV_PASSWORD, ENV_USER, Destination, Done
 from .engine import EngineAPI
 from .errors import AuthError, DirectPushUnsupported, ImagekitError, PushError
 from .events import Info, Progress, Warn
@@ -93,7 +93,14 @@ def direct(engine: EngineAPI, name: str, image_id: str, dests: list[Destination]
             else:
                 if isinstance(err, registry.TransientPushError):
                     err = PushError(f"{d.ref}: push failed after {attempt} attempts: {err.message}")
-                elif not isinstance(err, AuthError) and not err.message.startswith(d.ref):
+                elif isinstance(err, AuthError):
+                    auth, source = auths[d.registry]
+                    hint = f"credentials from {source}" if auth else \
+                        f"no credentials found for {d.registry} (docker login {d.registry}, " \
+                        f"{ENV_USER}/{ENV_PASSWORD}, or --username with --password-stdin)"
+                    err = AuthError(f"{d.ref}: authentication failed ({hint}): {err.message}; "
+                                    "not retried")
+                elif not err.message.startswith(d.ref):
                     err = type(err)(f"{d.ref}: {err.message}")
                 done[d] = Done(d, "", attempt, round(time.monotonic() - started, 2), err,
                                bytes_sent=sent.get(d, 0), via="direct")

@@ -343,9 +343,14 @@ class Registry:
         try:
             return self.session.request(method, url, timeout=self.timeout, **kw)
         except requests.RequestException as e:
-            reason = self.redact(" ".join(str(e).split()))
+            text = " ".join(str(e).split())
+            reason = next((w for w in ("connection refused", "connection reset", "timed out",
+                                       "name or service not known", "connection aborted",
+                                       "remote end closed connection")
+                           if w in text.lower()), "")
+            reason = reason or f"{type(e).__name__}: {self.redact(text)[:200]}"
             raise TransientPushError(f"{method} {urllib.parse.urlsplit(url).path} on {self.host}: "
-                                     f"{type(e).__name__}: {reason}") from None
+                                     f"{reason}") from None
 
     def ping(self) -> None:
         """GET /v2/: learn how the registry wants to be authenticated."""

@@ -182,9 +182,10 @@ def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: 
                 yield Log(name, line)
             code = engine.wait(cid, timeout=max(5.0, deadline - time.monotonic()))
             if code >= 128 and not engine.answers(settle=10.0):
-                raise EngineUnavailable(f"{name}: the Docker engine went away during {what} "
-                                        "(the container was stopped with it); start it again, "
-                                        "and the next imagekit command removes what is left")
+                where = getattr(engine, "where", "DOCKER_HOST")
+                raise EngineUnavailable(f"lost the Docker engine at {where} during {what} of "
+                                        f"{name} (it stopped the container); start it again: "
+                                        "the next imagekit command removes what is left")
         except KeyboardInterrupt:
             raise Interrupted(f"{name}: smoke interrupted during {what}; "
                               "the container was removed") from None

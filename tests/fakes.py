@@ -352,6 +352,13 @@ class FakeEngine:
             raise EngineError(f"No such container: {cid}")
         return c
 
+    def hold_tags(self, image_id: str, refs: list[str]):
+        self._record("hold_tags", image_id=image_id, refs=list(refs))
+        return ("held", tuple(refs))
+
+    def release_tags(self, token) -> None:
+        self._record("release_tags", token=token)
+
     def answers(self, settle: float = 0.0) -> bool:
         self._record("answers", settle=settle)
         return self.alive

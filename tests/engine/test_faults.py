@@ -24,7 +24,7 @@ import yaml
 from helpers import REPO, Project, imagekit, unique
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "registry"))
-from harness import Registry  # noqa: E402
+from regtools import Registry  # noqa: E402
 from second_engine import free_port  # noqa: E402
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="stopped"), pytest.param(signal.SIGKILL, id="crashed")]

@@ -34,7 +34,7 @@ from imagekit.registry import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "registry"))
-from harness import CountingProxy, Registry, TokenIssuer, environment_ok, htpasswd  # noqa: E402
+from regtools import CountingProxy, Registry, TokenIssuer, environment_ok, htpasswd  # noqa: E402
 
 USER, PASSWORD = "imagekit-test", "pw-for-tests-only-6d2e"
 MiB = 1024 * 1024
@@ -125,7 +125,9 @@ def test_push_to_basic_and_token_registries_then_pull_back(
         hows = sorted(e.how for e in done if e.digest == digest and e.target != targets[2].ref)
         assert hows == ["mounted", "uploaded"], (digest, hows)
     sent = {r.target.ref: r.bytes_sent for r in summary.results}
-    assert min(sent[targets[0].ref], sent[targets[1].ref]) < 64 * 1024
+    # each blob crossed the wire once for the two repositories together (which of them
+    # uploads a blob and which mounts it depends on which gets there first)
+    assert sent[targets[0].ref] + sent[targets[1].ref] < summary.compressed_size + 64 * 1024
     assert sent[targets[2].ref] >= summary.compressed_size
     # the token registry was reached with tokens the issuer signed
     assert issuer.issued and all(t["aud"] for t in issuer.issued)
