@@ -42,6 +42,8 @@ TITLES = {"save": "1. Save to one archive", "rebuild": "2. Rebuild after a code-
           "inspect": "6. Image efficiency", "installer": "7. Cold build: uv against pip",
           "resume": "8. Push resumed after a registry restart"}
 q = shlex.quote
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ENGINE_LINE = re.compile(r"\s*(Removing intermediate container|---> |Running in )")
 # The pip side of measurement 7: templates/partials/install.j2 as it is without an installer.
 PIP_LINE = ('pip install --no-cache-dir {{ pip_opts }}{% if index %}--extra-index-url {{ index }} {% endif %}'
             '{{ reqs | map("shell") | join(" ") }}')
@@ -205,9 +207,10 @@ class Bench:
             (root / "images").mkdir(parents=True)
             cfg = self.src.config_path.read_text() if self.src.config_path else ""
             if self.src.wheelhouse is not None:
-                cfg = re.sub(r"(?m)^port\s*=.*\n?", "", cfg)
-                cfg = re.sub(r"(?m)^wheelhouse\s*=.*$", f"wheelhouse = {json.dumps(str(self.src.wheelhouse))}"
-                             f"\nport = {PORT}", cfg)
+                cfg = re.sub(r"(?m)^(port|wheelhouse)\s*=.*\n?", "", cfg)
+                pip = f"wheelhouse = {json.dumps(str(self.src.wheelhouse))}\nport = {PORT}\n"
+                cfg = re.sub(r"(?m)^\[pip\]\s*$", "[pip]\n" + pip.rstrip(), cfg) \
+                    if re.search(r"(?m)^\[pip\]\s*$", cfg) else cfg + "\n[pip]\n" + pip
             (root / "imagekit.toml").write_text(cfg)
         return self.projects[key]
 
@@ -562,8 +565,8 @@ class Bench:
             if kind in ("step", "built"):
                 close(now)
                 step = (ev.get("instruction", ""), now) if kind == "step" else None
-            elif kind == "log":
-                last = now
+            elif kind == "log" and not ENGINE_LINE.match(ANSI.sub("", str(ev.get("line", "")))):
+                last = now   # the installer's output; not the classic builder's own line after the commit
         close(time.perf_counter())
         if p.wait() != 0:
             raise BenchError(f"`{self.show(cmd)}` exited {p.returncode}: {' | '.join(tail)}")

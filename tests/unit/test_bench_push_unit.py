@@ -1,4 +1,4 @@
-"""bench/run.py's reading of `imagekit --json push` output (measurements 4 and 8),
+"""bench/run.py's reading of `imagekit --json` output (measurements 4, 7 and 8),
 fed a canned event stream: no engine, no registry."""
 
 from __future__ import annotations
@@ -78,3 +78,14 @@ def test_went_on(run):
     assert run.went_on(["r: blob abc started again (the registry lost the upload)", "other"]) \
         == "from 0 (started again)"
     assert run.went_on([]) == "-"
+
+
+def test_builder_lines_are_not_installer_output(run):
+    """The classic builder's line after a step's commit, with the color reset an
+    installer's stderr left before it, does not count as the installer's output."""
+    def engine(line: str) -> bool:
+        return bool(run.ENGINE_LINE.match(run.ANSI.sub("", line)))
+    assert engine("\x1b[0mRemoving intermediate container 8fc0a0a0c067")
+    assert engine(" ---> 81bd418ff85b")
+    assert not engine("\x1b[0m\x1b[91m + absl-py==2.5.1")
+    assert not engine("Successfully installed tensorflow-2.21.0")
