@@ -89,7 +89,7 @@ class TarWatcher:
             try:
                 size = int(field.split(b"\0")[0].strip() or b"0", 8)
             except ValueError:
-                raise _SourceFailed("the archive's tar is damaged (a bad header)") from None
+                raise _SourceFailed("the archive is corrupt (a damaged tar header)") from None
         kind = head[156:157]
         self.left, self.data_left, self.collect = size + (-size) % 512, size, None
         if kind in (b"x", b"L"):
@@ -300,7 +300,7 @@ def load(path: Path, engine: EngineAPI) -> Iterator[Event]:
                 if held is not None:
                     yield held
             except _SourceFailed as e:
-                failure.append(str(e))
+                failure.append(str(e) if str(e).startswith(str(path)) else f"{path}: {e}")
                 raise
 
         outcome = yield from load_with_progress(
