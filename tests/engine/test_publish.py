@@ -276,6 +276,38 @@ def test_registry_stopped_mid_push_retries_then_fails(tiny, registries, docker_a
     assert not [e for e in events if e["event"] == "info" and "pushed " in e["message"]]
 
 
+def test_a_retagged_image_is_smoked_and_pushed_by_its_reference(mxnet_image, child_of, registries,
+                                                                docker_api):
+    """Seed 000's user: a training image known only by some other reference
+    (`docker tag`, then `docker rmi` of the catalog tag) is smoke-tested from its
+    labels and pushed into a namespace, the gate going by image ID."""
+    built = child_of(mxnet_image, "retag", {"description": "retagged by the test"})
+    other = f"some/{unique('other')}:ref"
+    assert docker_cli("tag", built.ref, other).returncode == 0
+    assert docker_cli("rmi", built.ref).returncode == 0
+    try:
+        r = built.project.run("--json", "smoke", other, timeout=600)
+        assert r.code == 0, r.output[-3000:]
+        smoke = _result(r.stdout, "smoke")
+        assert smoke["passed"] and smoke["framework_check"]["framework"] == "mxnet", smoke
+        where, _ = registries["registry"]
+        r = built.project.run("--json", "push", other, "--to", f"{where}/team", env=AUTH_ENV,
+                              timeout=600)
+        assert r.code == 0, r.output[-3000:]
+        [dest] = _result(r.stdout, "push")["destinations"]
+        repo = other.split(":")[0].split("/")[-1]
+        assert dest["ref"] == f"{where}/team/{repo}:ref", dest
+        assert _manifest_digest(where, f"team/{repo}", "ref") == dest["digest"]
+        # a reference the engine does not hold: one line naming the pull to run
+        missing = f"some/{unique('never-pulled')}:1"
+        for verb in ("smoke", "push"):
+            r = built.project.run(verb, missing)
+            assert r.code == 2, r.output
+            assert f"docker pull {missing}" in _one_line(r.stderr)
+    finally:
+        _remove(docker_api, built.image_id)
+
+
 def test_push_to_two_registries_at_once(tiny, registries):
     (a, _), (b, _) = registries["registry"], registries["registry2"]
     r = tiny.run("--json", "push", tiny.name, "--to", f"{a}/one", "--to", f"{b}/two/deep",
