@@ -4,6 +4,7 @@ terminal, plain lines otherwise, or JSON lines with --json."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -38,9 +39,23 @@ from .events import (
     Step,
     Warn,
 )
+from .reference import printable
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# What a build or a container prints is shown, not obeyed: escape sequences
+# (colours, cursor moves, window titles) are dropped, a carriage return keeps what
+# a terminal would end up showing, and any other control character is escaped.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]?")
+
+
+def terminal_safe(line: str) -> str:
+    line = _ESCAPES.sub("", line)
+    if "\r" in line:
+        line = line.rstrip("\r").rsplit("\r", 1)[-1]
+    return printable(line.expandtabs(4))
 
 
 @dataclass
@@ -97,9 +112,10 @@ class Display:
             if self.mode == "plain":
                 self._line(f"{ev.image}:   cached", "dim")
         elif isinstance(ev, Log):
-            row.tail.append(ev.line)
+            line = terminal_safe(ev.line)
+            row.tail.append(line)
             if self.mode == "plain" or self.verbose:
-                self._line(f"{ev.image}: | {ev.line}", "dim", always=True)
+                self._line(f"{ev.image}: | {line}", "dim", always=True)
         elif isinstance(ev, Built):
             row.status, row.done = "built", time.monotonic()
             self._line(f"{ev.image}: built {ev.image_id[:19]} as {', '.join(ev.refs)} in "

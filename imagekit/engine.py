@@ -35,6 +35,13 @@ from .errors import EngineError, EngineStreamError, EngineUnavailable
 
 HINT = "start one with `make engine`, or point DOCKER_HOST at a running engine"
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+# The classic builder wraps what a RUN step writes to stderr in red (SGR 91 ... 0).
+_STDERR_WRAP = re.compile("\x1b\\[91m|\x1b\\[0m")
+
+
+def _unwrap_stderr(text: str) -> str:
+    return _STDERR_WRAP.sub("", text)
 RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
 
 
@@ -229,7 +236,7 @@ class Engine:
                     fileobj=context, custom_context=True, encoding=None, tag=tag, nocache=nocache,
                     rm=True, forcerm=True, decode=True, pull=pull, network_mode=network_mode):
                 if "stream" in item:
-                    text = partial + str(item["stream"])
+                    text = partial + _unwrap_stderr(str(item["stream"]))
                     text, _, partial = text.rpartition("\n") if "\n" in text else ("", "", text)
                     for line in text.splitlines():
                         line = line.rstrip()

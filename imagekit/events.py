@@ -188,7 +188,7 @@ class GpuVerdict:
     proven: str                           # trained on GPU | GPU-ready (checked without a GPU)
     cuda_build: str | None = None         # the CUDA the framework was built for
     cudnn_build: str | None = None
-    cuda_runtime: str | None = None       # installed in the image (nvidia-cuda-runtime-cuXX)
+    cuda_runtime: str | None = None       # installed in the image (nvidia-cuda-runtime[-cuXX])
     cudnn_installed: str | None = None
     nccl_installed: str | None = None
     libraries: dict[str, str] = field(default_factory=dict)

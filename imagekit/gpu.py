@@ -16,6 +16,7 @@ without one), or CPU only."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import matrix
@@ -25,7 +26,6 @@ from .events import FrameworkReport, GpuVerdict
 TRAINED_ON_GPU = "trained on GPU"
 GPU_READY = "GPU-ready (checked without a GPU)"
 CPU_ONLY = "CPU only"
-RUNTIME_DISTS = ("nvidia-cuda-runtime-cu", "nvidia-cudnn-cu", "nvidia-nccl-cu")
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,12 @@ def guess_device(report: FrameworkReport) -> str:
         else "cpu"
 
 
-def _installed(dists: dict[str, str], prefix: str) -> str | None:
+def _installed(dists: dict[str, str], base: str) -> str | None:
+    """The version of NVIDIA's wheel BASE: named BASE-cuXX up to CUDA 12 (nvidia-cudnn-cu12),
+    plain BASE from CUDA 13 on for the toolkit's own (nvidia-cuda-runtime 13.0.96)."""
+    pattern = re.compile(re.escape(base) + r"(-cu\d+)?")
     for name, version in sorted(dists.items()):
-        if name.lower().replace("_", "-").startswith(prefix):
+        if pattern.fullmatch(name.lower().replace("_", "-")):
             return version
     return None
 
@@ -88,9 +91,9 @@ def verdict(name: str, report: FrameworkReport, device: str, target: Platform,
                          "CPU build: it cannot use a GPU (check the framework's GPU package in "
                          "the spec or matrix)")
     dists = (facts.get("libraries") or {}).get("distributions") or {}
-    runtime = _installed(dists, "nvidia-cuda-runtime-cu")
-    cudnn = _installed(dists, "nvidia-cudnn-cu")
-    nccl = _installed(dists, "nvidia-nccl-cu")
+    runtime = _installed(dists, "nvidia-cuda-runtime")
+    cudnn = _installed(dists, "nvidia-cudnn")
+    nccl = _installed(dists, "nvidia-nccl")
     built_for = facts.get("cuda") or report.cuda
     missing = [m for m in facts.get("missing") or [] if isinstance(m, dict)]
     archs = facts.get("archs") or {}

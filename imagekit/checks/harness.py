@@ -22,8 +22,8 @@ never fails the check (what raised is in its `error`):
   driver      sorted driver library names the native files link (the NVIDIA runtime brings them)
   driver_symbols  driver API functions (cuInit, ...) the framework's own files call directly
   archs       {"sass": ["sm_80", ...], "ptx": ["compute_90", ...]} the GPU code it carries, from
-              the framework (torch.cuda.get_arch_list, TensorFlow's build info) or else from the
-              .nv_fatbin sections of its native files; empty lists for a CPU build; null when
+              the framework where it says (TensorFlow's build info) or else from the
+              .nv_fatbin sections of its native files (PyTorch, MXNet); empty lists for a CPU build; null when
               unknown, and then archs_reason says why (also "partial: ..." when cut short)
   native      {"files": framework ELF files read, "objects": with their dependencies,
               "seconds", "incomplete": the time (8 s) or object bound was reached}

@@ -4,9 +4,11 @@ import harness
 
 
 def facts(torch):
+    # No "archs": torch.cuda.get_arch_list() is the build's TORCH_CUDA_ARCH_LIST, while
+    # some of torch's own libraries carry cubins for more GPUs (2.13.0+cu130: also sm_89,
+    # sm_103, sm_121), so the harness reads the fatbins of torch's native files instead.
     return {"cuda_build": torch.version.cuda is not None, "cuda": torch.version.cuda,
-            "cudnn": harness.cudnn_string(torch.backends.cudnn.version()),
-            "archs": torch.cuda.get_arch_list()}  # known without a GPU
+            "cudnn": harness.cudnn_string(torch.backends.cudnn.version())}
 
 
 def gpus(torch):

@@ -202,6 +202,20 @@ def test_build_events_in_plain_lines(capsys):
                      "x: warning: careful", "warning: global", "x: note", "bare", "ok  x"]
 
 
+@pytest.mark.parametrize("printed, shown", [
+    ("\x1b[1;31mred\x1b[0m text", "red text"),                    # colours
+    ("\x1b]0;owned\x07title", "title"),                           # window title (OSC)
+    ("\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\", "link"),     # hyperlink (OSC 8)
+    ("\x1b[2J\x1b[Hcleared", "cleared"),                          # clear screen, cursor home
+    ("\x1bcreset", "reset"),                                      # full reset (RIS)
+    ("10%\r50%\r100%", "100%"),                                    # a progress bar
+    ("a\tb", "a   b"),
+    ("bell\x07", "bell\\x07"), ("nul\x00", "nul\\x00"), ("ls\u2028x", "ls\\u2028x"),
+])
+def test_what_a_container_prints_is_shown_not_obeyed(capsys, printed, shown):
+    assert _plain(capsys, Log("x", printed)) == [f"x: | {shown}"]
+
+
 def test_plain_progress_prints_each_change_of_status(capsys):
     lines = _plain(capsys, Progress("x", "r/t l1", 0, 20, "Preparing"),
                    Progress("x", "r/t l1", 10, 20_000_000, "Pushing"),

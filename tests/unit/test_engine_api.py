@@ -102,6 +102,19 @@ def test_build_stream_is_decoded():
     assert api.calls[0][1]["tag"] == "x:v1" and api.calls[0][1]["decode"] is True
 
 
+def test_build_stderr_comes_out_without_the_builders_colour_wrapping():
+    # what the classic builder sends for a RUN step that writes to stderr in pieces
+    api = FakeDockerAPI(build=[
+        {"stream": "Step 1/1 : RUN uv pip install x\n"},
+        {"stream": "\x1b[91mPrepared 2 packages\x1b[0m"}, {"stream": "\x1b[91m in 444ms\x1b[0m"},
+        {"stream": "\x1b[91m\n\x1b[0m"}, {"stream": "\x1b[91m + \x1b[0m\x1b[91mnumpy\n\x1b[0m"},
+        {"aux": {"ID": "sha256:" + "cd" * 32}}])
+    items = list(Engine(api).build(None, "x:v1"))
+    assert items == [BuildStep(1, 1, "RUN uv pip install x"),
+                     BuildOutput("Prepared 2 packages in 444ms"), BuildOutput(" + numpy"),
+                     BuildDone("sha256:" + "cd" * 32)]
+
+
 def test_build_error_item_raises_with_the_engines_words():
     msg = "The command '/bin/sh -c pip install nosuchpkg' returned a non-zero code: 1"
     api = FakeDockerAPI(build=[{"stream": "Step 1/1 : RUN pip install nosuchpkg\n"},
