@@ -169,8 +169,9 @@ def gpu_readiness(module, facts, seconds=READINESS_SECONDS):
         out["driver"] = sorted({n for e in resolver.objects.values() for n in e.needed
                                 if readiness.DRIVER_LIB.match(n)})
         out["driver_symbols"] = sorted({s for e in own for s in e.driver_symbols})
-        if out["cuda_build"] and out["cuda"] is None:
-            out["cuda"], out["cudnn"] = versions_from_needed(resolver.objects.values(), out["cudnn"])
+        if out["cuda_build"] and (out["cuda"] is None or out["cudnn"] is None):
+            cuda, out["cudnn"] = versions_from_needed(resolver.objects.values(), out["cudnn"])
+            out["cuda"] = out["cuda"] or cuda
         out["archs"], out["archs_reason"] = archs(facts, own, deadline)
         out["native"] = {"files": len(own), "objects": len(resolver.objects),
                          "seconds": round(time.monotonic() - started, 2),
@@ -208,12 +209,14 @@ def installed_libraries():
 
 
 def versions_from_needed(elfs, cudnn):
-    """CUDA and cuDNN versions read off the sonames a CUDA build links (libcudart.so.11.0)."""
+    """CUDA and cuDNN versions read off the sonames a CUDA build links. Every CUDA 11.x
+    runtime is libcudart.so.11.0, so from 11 on a soname gives only the major version."""
     cuda = None
     for name in sorted({n for e in elfs for n in e.needed}):
         tail = name.partition(".so.")[2]
         if name.startswith("libcudart.so.") and tail:
-            cuda = tail
+            major = tail.split(".")[0]
+            cuda = major if major.isdigit() and int(major) >= 11 else tail
         elif name.startswith("libcudnn.so.") and tail and not cudnn:
             cudnn = tail
     return cuda, cudnn

@@ -1,12 +1,24 @@
 """imagekit framework check for MXNet (stdlib + mxnet); harness.py runs it and reports."""
 
+import importlib.metadata
+import re
+
 import harness
 
 
 def facts(mx):
-    # MXNet tells only whether CUDA/cuDNN are built in; the harness reads versions and GPU
-    # architectures off libmxnet.so (the sonames it links, its fatbin).
-    return {"cuda_build": mx.runtime.Features().is_enabled("CUDA")}
+    # MXNet tells only whether CUDA/cuDNN are built in; the harness reads the GPU
+    # architectures off libmxnet.so (its fatbin) and the CUDA it was built for from the
+    # wheel's name (mxnet-cu112: CUDA 11.2), else from the sonames it links.
+    return {"cuda_build": mx.runtime.Features().is_enabled("CUDA"), "cuda": built_for()}
+
+
+def built_for():
+    for dist in importlib.metadata.distributions():
+        m = re.fullmatch(r"mxnet-cu(\d+)(\d)", (dist.metadata["Name"] or "").lower())
+        if m:
+            return f"{m[1]}.{m[2]}"
+    return None
 
 
 def gpus(mx):

@@ -60,6 +60,7 @@ def test_smoke_is_gpu_ready_without_a_gpu(gpu_image, no_gpu, docker_api):
     assert rep["proven"] == "GPU-ready (checked without a GPU)"
     v = rep["gpu"]
     assert v["cuda_runtime"].startswith("11.8") and v["cudnn_installed"].startswith("8.9")
+    assert v["cuda_build"] == "11.2"          # mxnet-cu112, as the label says
     assert v["nccl_installed"] and v["missing"] == []
     assert "sm_80" in v["sass"] and v["driver_min"] == "450.80.02"
     assert rep["framework_check"]["device"] == "cpu"
