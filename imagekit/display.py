@@ -320,9 +320,13 @@ DONE_STATUSES = ("Pushed", "Layer already exists", "Mounted from")
 
 
 def _bytes(current: int, total: int) -> str:
+    """' 12.3/45.6 MB', in the unit that suits the whole (a config blob is a few kB)."""
+    top = max(current, total)
+    unit, div, fmt = ("MB", 1e6, ".1f") if top >= 100_000 else \
+        ("kB", 1e3, ".1f") if top >= 1000 else ("B", 1, ".0f")
     if total:
-        return f" {current / 1e6:.1f}/{total / 1e6:.1f} MB"
-    return f" {current / 1e6:.1f} MB" if current else ""
+        return f" {current / div:{fmt}}/{total / div:{fmt}} {unit}"
+    return f" {current / div:{fmt}} {unit}" if current else ""
 
 
 def _bar(current: int, total: int, width: int = 20) -> str:

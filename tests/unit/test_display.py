@@ -221,8 +221,10 @@ def test_plain_progress_prints_each_change_of_status(capsys):
                    Progress("x", "r/t l1", 10, 20_000_000, "Pushing"),
                    Progress("x", "r/t l1", 11, 20_000_000, "Pushing"),
                    Progress("x", "r/t l1", 0, 0, "Pushed"))
-    assert lines == ["x: r/t l1 Preparing 0.0/0.0 MB", "x: r/t l1 Pushing 0.0/20.0 MB",
+    assert lines == ["x: r/t l1 Preparing 0/20 B", "x: r/t l1 Pushing 0.0/20.0 MB",
                      "x: r/t l1 Pushed"]
+    lines = _plain(capsys, Progress("x", "r/t cfg", 7_310, 7_310, "Pushed"))
+    assert lines == ["x: r/t cfg Pushed 7.3/7.3 kB"]
 
 
 def test_json_mode_writes_every_event(capsys):

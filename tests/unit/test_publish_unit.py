@@ -576,7 +576,7 @@ def test_plain_display_of_publish_results(capsys, passed, out_dir):
     out = capsys.readouterr().out
     assert f"{SPEC_HOST}/team/x_train:v1  {DIGEST}" in out
     assert "x: saved x:v1" in out and f"loaded x:v1 ({IMAGE_ID})" in out
-    assert f"x: {SPEC_HOST}/team l1 Pushing 0.0/0.0 MB" in out
+    assert f"x: {SPEC_HOST}/team l1 Pushing 10/20 B" in out
 
 
 
