@@ -38,6 +38,7 @@ from .events import (
     SmokeResult,
     Step,
     Warn,
+    count,
 )
 from .reference import printable
 
@@ -218,8 +219,8 @@ class Display:
         if tr:
             runs = ", ".join(f"{x.seconds}s" for x in tr.runs)
             resumed = f", resumed from step {tr.resumed_from}" if tr.resumed_from else ""
-            lines.append(f"  training   {len(tr.runs)} run(s) ({runs}){resumed}; "
-                         f"{len(tr.output_files)} output files")
+            lines.append(f"  training   {count(len(tr.runs), 'run')} ({runs}){resumed}; "
+                         f"{count(len(tr.output_files), 'output file')}")
         nb = r.notebook
         if nb:
             lines.append(f"  notebook   JupyterLab answered at {nb.url} in {nb.seconds_to_answer}s")
@@ -231,8 +232,8 @@ class Display:
 
     def _push(self, r: PushResult) -> None:
         gate = "smoke test passed" if r.smoke_gate == "on" else "smoke gate off"
-        self._line(f"{r.image}: pushed {r.image_id[:19]} to {len(r.destinations)} "
-                   f"destination(s) ({gate})", "green", always=True)
+        self._line(f"{r.image}: pushed {r.image_id[:19]} to "
+                   f"{count(len(r.destinations), 'destination')} ({gate})", "green", always=True)
         for d in r.destinations:
             self._line(f"  {d.ref}  {d.digest}", always=True)
 

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 
+def count(n: int, noun: str) -> str:
+    """'1 file', '2 files'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
 @dataclass
 class Event:
     kind: ClassVar[str] = "event"

@@ -42,6 +42,7 @@ from .events import (
     TrainingResult,
     TrainingRun,
     Warn,
+    count,
 )
 from .spec import JupyterSpec, SmokeSpec
 from .targets import ImageTarget
@@ -436,7 +437,7 @@ def _training(run: _Runner, steps: int):
         if missing:
             raise run.failure(f"expected output {', '.join(missing)} did not appear in "
                               f"{s.output_dir} (found: {', '.join(found[:8]) or 'nothing'})")
-    yield Info(name, f"training ok: {len(result.runs)} run(s), {len(found)} files in "
+    yield Info(name, f"training ok: {count(len(result.runs), 'run')}, {count(len(found), 'file')} in "
                      f"{s.output_dir}" + (f", resumed from step {steps}" if s.resume else ""))
     return result
 
