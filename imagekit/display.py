@@ -303,7 +303,8 @@ class Display:
         for name, row in self.rows.items():
             elapsed = (row.done or now) - row.started
             cached = f"{row.cached} cached" if row.step else ""
-            table.add_row(Text(name, style="bold"), Text(row.status[:60]), Text(row.step[:70]),
+            step = Text(" ".join(row.step.split())[:70], no_wrap=True, overflow="ellipsis")
+            table.add_row(Text(name, style="bold"), Text(row.status[:60]), step,
                           Text(f"{elapsed:5.1f}s"), Text(cached, style="dim"))
         parts = [table]
         active = [r for r in self.rows.values() if r.done is None and r.tail]
