@@ -205,13 +205,9 @@ class Display:
             lines.append(f"  proven     {r.proven}")
         v = r.gpu
         if v:
-            libs = ", ".join(f"{k} {x}" for k, x in (("CUDA runtime", v.cuda_runtime),
-                                                      ("cuDNN", v.cudnn_installed),
-                                                      ("NCCL", v.nccl_installed)) if x)
             lines.append(f"  gpu        built for CUDA {v.cuda_build} / cuDNN {v.cudnn_build}; "
-                         f"{libs or 'no CUDA libraries from pip'}")
-            lines.append(f"  gpu code   {' '.join(v.sass + v.ptx) or 'unknown'}; needs NVIDIA "
-                         f"driver >= {v.driver_min}")
+                         f"{v.installed()}")
+            lines.append(f"  gpu code   {v.code()}; needs NVIDIA driver >= {v.driver_min}")
             if v.fits is not None:
                 lines.append(f"  platform   fits driver {v.target_driver or 'any'}, GPU "
                              f"{' '.join(v.target_archs) or 'any'}")

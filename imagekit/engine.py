@@ -35,14 +35,13 @@ from .errors import EngineError, EngineStreamError, EngineUnavailable
 
 HINT = "start one with `make engine`, or point DOCKER_HOST at a running engine"
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
-
+RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
 # The classic builder wraps what a RUN step writes to stderr in red (SGR 91 ... 0).
 _STDERR_WRAP = re.compile("\x1b\\[91m|\x1b\\[0m")
 
 
 def _unwrap_stderr(text: str) -> str:
     return _STDERR_WRAP.sub("", text)
-RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
 
 
 # -- what the engine hands the stages ---------------------------------------

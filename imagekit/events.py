@@ -10,6 +10,7 @@ def count(n: int, noun: str) -> str:
     """'1 file', '2 files'."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
+
 @dataclass
 class Event:
     kind: ClassVar[str] = "event"
@@ -205,6 +206,16 @@ class GpuVerdict:
     target_driver: str | None = None
     target_archs: list[str] = field(default_factory=list)
     fits: bool | None = None              # None: no target platform given
+
+    def installed(self) -> str:
+        """'CUDA runtime 12.9.79, cuDNN 9.28.0.42, NCCL 2.32.3', as far as known."""
+        libs = ", ".join(f"{k} {x}" for k, x in (("CUDA runtime", self.cuda_runtime),
+                                                  ("cuDNN", self.cudnn_installed),
+                                                  ("NCCL", self.nccl_installed)) if x)
+        return libs or "no CUDA libraries from pip"
+
+    def code(self) -> str:
+        return " ".join(self.sass + self.ptx) or "unknown"
 
 
 @dataclass

@@ -281,15 +281,11 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
 
 
 def _readiness_line(v) -> str:
-    archs = " ".join(v.sass + v.ptx) or "unknown"
-    libs = ", ".join(f"{k} {x}" for k, x in (("CUDA runtime", v.cuda_runtime),
-                                              ("cuDNN", v.cudnn_installed),
-                                              ("NCCL", v.nccl_installed)) if x)
     fit = "" if v.fits is None else \
         f"; fits the platform ({v.target_driver or 'any driver'}, " \
         f"{' '.join(v.target_archs) or 'any GPU'})"
     return (f"{v.proven}: built for CUDA {v.cuda_build} / cuDNN {v.cudnn_build}; installed "
-            f"{libs or 'no CUDA libraries from pip'}; code for {archs}; needs NVIDIA driver "
+            f"{v.installed()}; code for {v.code()}; needs NVIDIA driver "
             f">= {v.driver_min}{fit}")
 
 

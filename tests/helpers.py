@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -92,3 +93,14 @@ def leftovers(docker_api, ref: str) -> list[str]:
 
 def docker_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def one_error(r, code: int) -> dict:
+    """Exit `code`, and with --json exactly one error object on stderr."""
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.code == code, r.output[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    obj = json.loads(lines[0])
+    assert obj["event"] == "error" and obj["exit_code"] == code and obj["message"], obj
+    return obj

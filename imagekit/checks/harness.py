@@ -23,8 +23,9 @@ never fails the check (what raised is in its `error`):
   driver_symbols  driver API functions (cuInit, ...) the framework's own files call directly
   archs       {"sass": ["sm_80", ...], "ptx": ["compute_90", ...]} the GPU code it carries, from
               the framework where it says (TensorFlow's build info) or else from the
-              .nv_fatbin sections of its native files (PyTorch, MXNet); empty lists for a CPU build; null when
-              unknown, and then archs_reason says why (also "partial: ..." when cut short)
+              .nv_fatbin sections of its native files (PyTorch, MXNet); empty lists for a
+              CPU build; null when unknown, and then archs_reason says why (also "partial: ..."
+              when cut short)
   native      {"files": framework ELF files read, "objects": with their dependencies,
               "seconds", "incomplete": the time (8 s) or object bound was reached}
   error       null, or what raised while gathering (the fields gathered before it stay)

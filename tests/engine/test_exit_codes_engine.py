@@ -19,19 +19,9 @@ from pathlib import Path
 
 import pytest
 from auth_listener import AuthListener
-from helpers import REPO, Project, leftovers, unique
+from helpers import REPO, Project, leftovers, one_error, unique
 
 MOUNT = "/bin/mount"
-
-
-def one_error(r, code: int) -> dict:
-    assert "Traceback" not in r.stderr, r.stderr
-    assert r.code == code, r.output[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    obj = json.loads(lines[0])
-    assert obj["event"] == "error" and obj["exit_code"] == code and obj["message"], obj
-    return obj
 
 
 def _build(docker_api, ref: str, dockerfile: str) -> str:

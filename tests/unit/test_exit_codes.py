@@ -11,7 +11,7 @@ import re
 import sys
 
 import pytest
-from helpers import REPO, Project, imagekit
+from helpers import REPO, Project, imagekit, one_error
 
 from imagekit import errors
 
@@ -54,17 +54,6 @@ def test_every_error_class_uses_a_listed_code():
 
 def test_every_listed_code_is_triggered_by_a_test():
     assert {code for code, _ in errors.EXIT_CODES} <= HERE | ENGINE
-
-
-def one_error(r, code: int) -> dict:
-    """Exit `code`, and with --json exactly one error object on stderr."""
-    assert "Traceback" not in r.stderr, r.stderr
-    assert r.code == code, r.output[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    obj = json.loads(lines[0])
-    assert obj["event"] == "error" and obj["exit_code"] == code and obj["message"], obj
-    return obj
 
 
 def test_0_success():
