@@ -100,9 +100,11 @@ def bootstrap(project: Project, engine: EngineAPI, force: bool = False) -> Itera
             raise BuildError(f"debootstrap of {cfg.suite} failed (exit {code}): "
                              f"{tail[-1] if tail else ''}", details=[f"| {t}" for t in tail])
         yield Info(image, f"importing the root filesystem as {image}")
+        # gzip'd: the containerd image store keeps the layer as it is given, so its
+        # pushes send it as stored; the classic store unpacks it (same diff ID)
         tar = subprocess.Popen(
             ["tar", "-C", rootfs, "--numeric-owner", *(f"--exclude={e}" for e in EXCLUDE),
-             "-c", "."], stdout=subprocess.PIPE)
+             "-I", "gzip -1 -n", "-c", "."], stdout=subprocess.PIPE)
         try:
             engine.import_image(tar.stdout, repository=repo, tag=tag, changes=CHANGES)
         finally:

@@ -81,7 +81,7 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
         engine.tag(image.id, repo, tag)
     seconds = time.monotonic() - started
     records.write(project, records.BuildRecord(
-        image.id, name=name, refs=refs, spec_digest="sha256:" + plan.spec.digest(),
+        image.key, engine_id=image.id, name=name, refs=refs, spec_digest="sha256:" + plan.spec.digest(),
         framework=plan.framework, version=plan.version, device=plan.device,
         python=plan.python, cuda=plan.cuda, built_at=records.now(), seconds=round(seconds, 2),
         steps=total, cached_steps=cached, dockerfile=dockerfile))

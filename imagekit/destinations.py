@@ -114,3 +114,5 @@ class Done:
     error: ImagekitError | None = None
     bytes_sent: int | None = None       # known on imagekit's own path
     via: str = "engine"
+    bytes_compressed: int | None = None  # own path: what its export read compressed
+    layers_as_stored: int | None = None

@@ -232,6 +232,10 @@ class Display:
                    f"{count(len(r.destinations), 'destination')} ({gate})", "green", always=True)
         for d in r.destinations:
             self._line(f"  {d.ref}  {d.digest}", always=True)
+        if r.bytes_compressed is not None:
+            stored = f"; {count(r.layers_as_stored or 0, 'layer')} sent as the engine stored " \
+                     "them" if r.layers_as_stored else ""
+            self._line(f"  bytes compressed: {r.bytes_compressed}{stored}", always=True)
 
     def _save(self, r: SaveResult) -> None:
         ratio = f", {100 * r.bytes / r.tar_bytes:.0f}% of the tar" if r.tar_bytes else ""
@@ -244,7 +248,9 @@ class Display:
 
     def _load(self, r: LoadResult) -> None:
         refs = ", ".join(r.refs) or "(no tag)"
-        self._line(f"loaded {refs} ({r.image_id}) from {r.path}", "green", always=True)
+        same = r.config_digest in ("", r.image_id)
+        ids = r.image_id if same else f"{r.image_id[:19]}, config {r.config_digest[:19]}"
+        self._line(f"loaded {refs} ({ids}) from {r.path}", "green", always=True)
         self._line(f"  checksum {r.checksum}; manifest: {r.manifest}", always=True)
 
     def _inspect(self, r: InspectResult) -> None:

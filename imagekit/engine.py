@@ -12,6 +12,7 @@ Nothing here prints."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -48,11 +49,25 @@ def _unwrap_stderr(text: str) -> str:
 
 @dataclass(frozen=True)
 class ImageInfo:
+    """An image as the engine reports it. `id` is the engine's own ID: the
+    config digest on the classic store, the manifest (or index) digest on the
+    containerd store, so it changes when an image crosses stores. `identity`
+    does not: it is computed from what both stores report alike (the layer
+    diff IDs and the image config's run-time fields), and is what imagekit
+    keys its records on. Empty when the engine reported no layers."""
+
     id: str
     size: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    diff_ids: tuple[str, ...] = ()
+    identity: str = ""
+
+    @property
+    def key(self) -> str:
+        """What records are keyed on: the identity, else the engine's ID."""
+        return self.identity or self.id
 
 
 @dataclass(frozen=True)
@@ -197,8 +212,9 @@ class Engine:
             raise self._lost(e) from e
         config = raw.get("Config") or {}
         env = dict(str(e).partition("=")[::2] for e in config.get("Env") or [])
+        diff_ids = tuple(str(x) for x in (raw.get("RootFS") or {}).get("Layers") or [])
         return ImageInfo(raw["Id"], int(raw.get("Size") or 0), dict(config.get("Labels") or {}),
-                         list(raw.get("RepoTags") or []), env)
+                         list(raw.get("RepoTags") or []), env, diff_ids, identity_of(raw))
 
     def tag(self, image: str, repository: str, tag: str) -> None:
         self._call(self.api.tag, image, repository, tag, force=True)
@@ -462,12 +478,14 @@ class Engine:
         """The push stream, decoded. The engine reports a registry's refusal
         inside the stream (docker-py does not raise: docker/docker-py#3161):
         that becomes EngineStreamError. Its own upload retries count down
-        once a second; each countdown is reported once."""
+        once a second; each countdown is reported once. Where the API has it
+        (1.46+), only the image's own platform is pushed; the containerd store
+        of older engines pushes an index and may report no digest (PushDone
+        then carries "", and the caller asks the registry)."""
         digest = ""
         retry_at: dict[str, int] = {}
         try:
-            for item in self.api.push(repository, tag=tag, stream=True, decode=True,
-                                      auth_config=auth):
+            for item in self._push_stream(repository, tag, auth):
                 if not isinstance(item, dict):
                     continue
                 if "errorDetail" in item or "error" in item:
@@ -495,9 +513,26 @@ class Engine:
             if not self.answers():
                 raise self._lost(e) from e
             raise EngineError(f"push of {repository}:{tag} failed: {_explain(e)}") from e
-        if not digest:
-            raise EngineStreamError("the push stream ended without a manifest digest")
         yield PushDone(digest)
+
+    def _push_stream(self, repository: str, tag: str, auth: dict | None) -> Iterator[dict]:
+        """POST /images/NAME/push, with `platform` (the image's own) where the
+        API takes it: docker-py has no such parameter."""
+        if not _api_at_least(self.api.api_version, "1.46"):
+            return self.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth)
+        params: dict[str, str] = {"tag": tag}
+        raw = self._call(self.api.inspect_image, f"{repository}:{tag}")
+        platform = {"os": raw.get("Os") or "linux", "architecture": raw.get("Architecture")}
+        if raw.get("Variant"):
+            platform["variant"] = raw["Variant"]
+        params["platform"] = json.dumps(platform)
+        headers = {}
+        if auth:
+            headers["X-Registry-Auth"] = docker.auth.encode_header(auth)
+        response = self.api._post_json(self.api._url("/images/{0}/push", repository), None,
+                                       headers=headers, stream=True, params=params)
+        self.api._raise_for_status(response)
+        return self.api._stream_helper(response, decode=True)
 
     def pull(self, ref: str, auth: dict | None) -> None:
         """Pull `ref` (by digest, usually) into this engine."""
@@ -549,6 +584,29 @@ class Engine:
         return EngineUnavailable(f"lost the Docker engine at {self.where} ({first}); {HINT}")
 
 
+# The image config fields both stores report the same way in an image's inspect
+# (the classic store also fills the parent's ID in "Image", and empty defaults).
+_IDENTITY_CONFIG = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
+                    "Labels", "StopSignal", "Shell", "Healthcheck", "OnBuild")
+
+
+def identity_of(raw: dict) -> str:
+    """An image's identity from its inspect: sha256 of the layer diff IDs, the
+    image config's run-time fields, creation time and platform. The same image
+    has the same identity on the classic store and on the containerd store,
+    before and after a save/load; "" when the engine reports no layers."""
+    layers = [str(x) for x in (raw.get("RootFS") or {}).get("Layers") or []]
+    if not layers:
+        return ""
+    config = raw.get("Config") or {}
+    doc = {"diff_ids": layers,
+           "config": {k: config[k] for k in _IDENTITY_CONFIG if config.get(k)},
+           "created": str(raw.get("Created") or ""),
+           "platform": [str(raw.get(k) or "") for k in ("Os", "Architecture", "Variant")]}
+    canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
 _HOST = socket.gethostname()
 BUILDER_IMAGE = re.compile(r"(?:sha256:)?[0-9a-f]{12,64}")   # what a builder container runs
 
@@ -593,6 +651,12 @@ def _alive(pid: str | None) -> bool:
     except PermissionError:
         return True
     return int(pid or 0) > 0
+
+
+def _api_at_least(version: str, want: str) -> bool:
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", v)[:2]) or (0,)
+    return parts(str(version)) >= parts(want)
 
 
 def _stream_error(item: dict) -> str:

@@ -261,6 +261,8 @@ class PushResult(StageResult):
     smoke_gate: str = "on"
     smoke_passed: bool = False
     destinations: list[PushedDestination] = field(default_factory=list)
+    bytes_compressed: int | None = None   # own path: uncompressed bytes imagekit compressed
+    layers_as_stored: int | None = None   # own path: layers sent as the engine stored them
 
 
 @dataclass
@@ -285,9 +287,10 @@ class LoadResult(StageResult):
     path: str = ""
     format: str = ""
     refs: list[str] = field(default_factory=list)
-    image_id: str = ""
+    image_id: str = ""          # the engine's own ID for it (differs between image stores)
     checksum: str = ""
     manifest: str = ""
+    config_digest: str = ""     # the image config's digest: the same on every store
 
 
 @dataclass

@@ -6,12 +6,15 @@ written to disk."""
 
 from __future__ import annotations
 
+import io
 import json
+import posixpath
 import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from . import export
 from .engine import EngineAPI
 from .errors import EngineError
 from .events import Event, InspectResult, LayerReport, WastedPath
@@ -33,7 +36,7 @@ class Layer:
 
 def _read_layer(fileobj) -> Layer:
     layer = Layer()
-    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
         for m in tar:
             path = m.name.removeprefix("./")
             base = path.rsplit("/", 1)[-1]
@@ -87,22 +90,54 @@ def analyse(layers: list[Layer]) -> Waste:
                  [WastedPath(p, b) for p, b in top])
 
 
+def _open_layer(fileobj):
+    """A layer blob as an uncompressed stream: gzip is found by tarfile, zstd here."""
+    head = fileobj.read(4)
+    rest = _Stream(iter([head, *iter(lambda: fileobj.read(1 << 20), b"")]))
+    if export.compression_of(head) == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(rest)
+    return rest
+
+
 def inspect(engine: EngineAPI, target: ImageTarget) -> Iterator[Event]:
-    """Yields one InspectResult for the target image."""
+    """Yields one InspectResult for the target image (any export layout)."""
     ref = target.ref
-    by_dir: dict[str, Layer] = {}
-    jsons: dict[str, bytes] = {}
+    by_path: dict[str, Layer] = {}
+    small: dict[str, bytes] = {}
+    links: dict[str, str] = {}
     outer = tarfile.open(fileobj=_Stream(engine.save(ref)), mode="r|")
     for m in outer:
-        if m.name.endswith("layer.tar") and m.isfile():
-            by_dir[m.name] = _read_layer(outer.extractfile(m))
-        elif m.name.endswith(".json") and m.isfile() and m.size < 10_000_000:
-            jsons[m.name] = outer.extractfile(m).read()
-    if "manifest.json" not in jsons:
-        raise EngineError(f"the engine's export of {ref} has no manifest.json")
-    manifest = json.loads(jsons["manifest.json"])[0]
-    layers = [by_dir.get(name, Layer()) for name in manifest["Layers"]]
-    config = json.loads(jsons.get(manifest["Config"], b"{}"))
+        name = export.norm(m.name)
+        if m.issym() or m.islnk():
+            links[name] = export.norm(m.linkname if m.islnk() else
+                                      posixpath.join(posixpath.dirname(name), m.linkname))
+            continue
+        if not m.isfile():
+            continue
+        f = outer.extractfile(m)
+        if export.wants(name, m.size):
+            data = f.read()
+            if export.wants(name, m.size, data[:1]):
+                small[name] = data
+                continue
+            f = io.BytesIO(data)
+        if name.endswith("layer.tar") or export.BLOB.match(name):
+            by_path[name] = _read_layer(_open_layer(f))
+
+    def resolve(path: str) -> str:
+        for _ in range(16):
+            if path not in links:
+                return path
+            path = links[path]
+        return path
+
+    try:
+        lay = export.layout(small, resolve)
+    except export.ExportError as e:
+        raise EngineError(f"the engine's export of {ref}: {e.message}") from None
+    layers = [by_path.get(resolve(x.path), Layer()) for x in lay.layers]
+    config = json.loads(small[resolve(lay.config_path)])
     steps = [h.get("created_by", "") for h in config.get("history", [])
              if not h.get("empty_layer")]
     if len(steps) == len(layers):

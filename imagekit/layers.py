@@ -23,11 +23,12 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from . import export
 from .archive import COMPRESS_ERRORS, GzipStream
 from .errors import DirectPushUnsupported, Interrupted, PushError
 
@@ -79,8 +80,9 @@ class Blob:
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
     diff_id: str = ""      # a layer's uncompressed sha256 (what the config's rootfs lists)
-    raw_size: int = 0      # a layer's uncompressed size
+    raw_size: int = 0      # bytes imagekit compressed into it (0 for a blob sent as stored)
     source: str = ""       # its entry in the export
+    stored: bool = False   # sent as the engine stored it (already compressed)
 
     def open(self) -> IO[bytes]:
         if self.data is not None:
@@ -125,14 +127,26 @@ class Image:
     def compressed_size(self) -> int:
         return sum(b.size for b in self.blobs())
 
+    @property
+    def bytes_compressed(self) -> int:
+        """Uncompressed bytes imagekit compressed (0 when every layer was
+        stored compressed by the engine, as on the containerd store)."""
+        return sum(b.raw_size for b in {x.digest: x for x in self.layers}.values())
+
+    @property
+    def layers_stored(self) -> int:
+        return sum(1 for b in {x.digest: x for x in self.layers}.values() if b.stored)
+
 
 @dataclass
 class Compressing:
-    """Bytes of one layer read and compressed so far (emitted per PIECE)."""
+    """Bytes of one layer read and compressed so far (emitted per PIECE);
+    `stored`: read only, the engine stored it compressed."""
 
     source: str
     done: int
     total: int
+    stored: bool = False
 
 
 @dataclass
@@ -320,48 +334,87 @@ def compress_layer(read: Callable[[int], bytes], path: Path, fmt: Format, source
                 diff_id=f"sha256:{raw.hexdigest()}", raw_size=done, source=source)
 
 
-LAYER_TAR = re.compile(r"^(?:\./)?[^/]+/layer\.tar$")
-BLOB_ENTRY = re.compile(r"^(?:\./)?blobs/sha256/[0-9a-f]{64}$")
-CONFIG_ENTRY = re.compile(r"^(?:\./)?[0-9a-f]{64}\.json$")
+LAYER_TAR = re.compile(r"^[^/]+/layer\.tar$")
 
 
-def _norm(name: str) -> str:
-    return posixpath.normpath(name[2:] if name.startswith("./") else name).lstrip("/")
+def _stored(read: Callable[[int], bytes], path: Path, source: str, total: int,
+            progress: Callable[[Compressing], None] | None = None,
+            cancel: threading.Event | None = None) -> Blob:
+    """Spool a layer the engine stored compressed, byte for byte (its digest
+    is the one the manifest names): nothing is compressed."""
+    spool = _Spool(path)
+    try:
+        while piece := read(PIECE):
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("push cancelled while reading the export")
+            spool.write(piece)
+            if progress is not None:
+                progress(Compressing(source, spool.bytes, total, stored=True))
+    finally:
+        spool.close()
+    return Blob(f"sha256:{spool.hash.hexdigest()}", spool.bytes, "", path=path, source=source,
+                stored=True)
+
+
+def _early_foreign(name: str, data: bytes) -> None:
+    """An image manifest passing by with a foreign layer: stop before more is
+    compressed (the OCI layout's manifests come among the blobs)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return
+    if isinstance(doc, dict) and isinstance(doc.get("layers"), list) and \
+            any(isinstance(x, dict) and export.is_foreign(str(x.get("mediaType") or ""))
+                for x in doc["layers"]):
+        raise DirectPushUnsupported("the image has foreign (non-distributable) layers, which "
+                                    "imagekit's own push path does not upload")
+
+
+def _layer_type(compression: str, fmt: Format) -> str:
+    if fmt.name == "docker":
+        return DOCKER_LAYER_GZIP
+    return OCI_LAYER_ZSTD if compression == "zstd" else OCI_LAYER_GZIP
 
 
 def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
                 on_event: Callable[[object], None] | None = None,
-                cancel: threading.Event | None = None, expect_id: str | None = None) -> Image:
-    """Read a `docker save` tar stream once; compress every layer into
-    `workdir` as it passes (LayerReady is emitted for each, so uploads can
-    start before the export ends) and return the Image.
+                cancel: threading.Event | None = None,
+                expect_diff_ids: Sequence[str] | None = None) -> Image:
+    """Read a `docker save` tar stream once, in any layout (export.py). A layer
+    the engine stored compressed (gzip or zstd: the containerd store) is kept
+    as it is; an uncompressed one is compressed into `workdir` as it passes.
+    LayerReady is emitted for each, so uploads can start before the export
+    ends. Media types and digests come from the export's manifests.
 
-    Raises PushError when the export is not a single-image save that imagekit
-    can push (the engine path can still serve it), or does not match itself."""
+    Raises DirectPushUnsupported for what only the engine path can push
+    (foreign layers, several images), PushError when the export does not
+    match itself or is not the image expected (`expect_diff_ids`)."""
     emit = on_event or (lambda _e: None)
     src = _ChunkReader(chunks, cancel)
-    small: dict[str, bytes] = {}          # JSON entries: configs, manifest.json, OCI index
-    layers: dict[str, Blob] = {}          # export path -> compressed blob
+    small: dict[str, bytes] = {}          # the export's JSON documents
+    layers: dict[str, Blob] = {}          # export path -> the blob to push
     links: dict[str, str] = {}            # export path -> the path it points to
     n = 0
     try:
         for m, read in _members(src):
-            name = _norm(m.name)
+            name = export.norm(m.name)
             if m.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
                 target = m.linkname if m.type == tarfile.LNKTYPE else \
                     posixpath.join(posixpath.dirname(name), m.linkname)
-                links[name] = _norm(target)
+                links[name] = export.norm(target)
                 continue
             if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
                 continue
-            if name == "manifest.json" or CONFIG_ENTRY.match(name) or name == "index.json":
-                small[name] = read(m.size)
-                continue
-            if not (LAYER_TAR.match(name) or BLOB_ENTRY.match(name)):
+            is_layer = bool(LAYER_TAR.match(name) or export.BLOB.match(name))
+            if not is_layer and not export.wants(name, m.size):
                 continue
             first = read(PIECE)
-            if BLOB_ENTRY.match(name) and m.size <= SMALL and first[:1] == b"{":
+            if export.wants(name, m.size, first[:1]):
                 small[name] = first + read(m.size)
+                if export.BLOB.match(name):
+                    _early_foreign(name, small[name])
+                continue
+            if not is_layer:
                 continue
             n += 1
             started = time.monotonic()
@@ -370,27 +423,15 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
             def read_layer(k: int, _read=read, _p=pending) -> bytes:
                 return _p.pop() if _p else _read(k)
 
-            blob = compress_layer(read_layer, workdir / f"layer-{n}", fmt, name, m.size,
-                                  emit, cancel)
+            if export.compression_of(first):
+                blob = _stored(read_layer, workdir / f"layer-{n}", name, m.size, emit, cancel)
+            else:
+                blob = compress_layer(read_layer, workdir / f"layer-{n}", fmt, name, m.size,
+                                      emit, cancel)
             layers[name] = blob
             emit(LayerReady(blob, round(time.monotonic() - started, 3)))
     finally:
         src.close()
-
-    if "manifest.json" not in small:
-        raise PushError("the engine's export has no manifest.json")
-    try:
-        entries = json.loads(small["manifest.json"])
-        entry = entries[0]
-        config_path = _norm(entry["Config"])
-        layer_paths = [_norm(p) for p in entry["Layers"]]
-    except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise PushError(f"the engine's export has an unreadable manifest.json ({e})") from e
-    if len(entries) != 1:
-        raise DirectPushUnsupported(f"the export holds {len(entries)} images; push reads one")
-    if entry.get("LayerSources"):
-        raise DirectPushUnsupported("the image has foreign (non-distributable) layers, which "
-                                    "imagekit's own push path does not upload")
 
     def resolve(path: str) -> str:
         for _ in range(16):
@@ -399,21 +440,29 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
             path = links[path]
         return path
 
-    config_bytes = small.get(resolve(config_path))
-    if config_bytes is None:
-        raise PushError(f"the engine's export lacks the image config {config_path}")
-    config = Blob(f"sha256:{hashlib.sha256(config_bytes).hexdigest()}", len(config_bytes),
-                  fmt.config, data=config_bytes, source=config_path)
-    named = posixpath.basename(config_path).removesuffix(".json")
-    if not config.digest.endswith(named):
-        raise PushError(f"the export's config {config_path} does not hash to its name "
-                        f"({config.digest})")
-    if expect_id and config.digest != expect_id:
-        raise PushError(f"the export holds image {config.digest[:19]}, not {expect_id[:19]}")
+    try:
+        lay = export.layout(small, resolve)
+    except export.ExportError as e:
+        if e.unsupported:
+            raise DirectPushUnsupported(e.message) from None
+        raise PushError(f"the engine's export: {e.message}") from None
+    if any(x.foreign for x in lay.layers):
+        raise DirectPushUnsupported("the image has foreign (non-distributable) layers, which "
+                                    "imagekit's own push path does not upload")
+    if expect_diff_ids is not None and list(expect_diff_ids) and \
+            lay.diff_ids != list(expect_diff_ids):
+        raise PushError(f"the export holds image {lay.config_digest[:19]}, whose layers are not "
+                        "the ones the engine reports for the image asked for")
+    config_bytes = small[resolve(lay.config_path)]
+    if any(layers[p].stored and export.compression_of_type(x.media_type) == "zstd"
+           for x in lay.layers if (p := resolve(x.path)) in layers) and fmt.name == "docker":
+        fmt = FORMATS["oci"]           # a zstd layer has no Docker media type
+    config = Blob(lay.config_digest, len(config_bytes), fmt.config, data=config_bytes,
+                  source=lay.config_path)
 
     ordered: list[Blob] = []
-    for p in layer_paths:
-        real = resolve(p)
+    for x in lay.layers:
+        real = resolve(x.path)
         blob = layers.get(real)
         if blob is None and real in small:  # a layer that looked like JSON: compress it now
             data = io.BytesIO(small.pop(real))
@@ -423,15 +472,22 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
             layers[real] = blob
             emit(LayerReady(blob, 0.0))
         if blob is None:
-            raise PushError(f"the engine's export lacks layer {p}")
+            raise PushError(f"the engine's export lacks layer {x.path}")
+        if blob.stored:
+            if x.digest and blob.digest != x.digest:
+                raise PushError(f"layer {x.path} of the export does not match its digest "
+                                f"{x.digest[:19]}: the export is corrupt")
+            blob.media_type = _layer_type(export.compression_of_type(x.media_type) or
+                                          ("zstd" if blob.path and _is_zstd(blob.path) else "gzip"),
+                                          fmt)
+            blob.diff_id = x.diff_id
+        elif blob.diff_id != x.diff_id:
+            raise PushError(f"layer {x.path} of the export is not the one its config lists "
+                            f"({blob.diff_id[:19]}, not {x.diff_id[:19]})")
         ordered.append(blob)
+    return Image(config, ordered, fmt, lay.repo_tags)
 
-    try:
-        diff_ids = list(json.loads(config_bytes)["rootfs"]["diff_ids"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise PushError(f"the image config has no rootfs.diff_ids ({e})") from e
-    got = [b.diff_id for b in ordered]
-    if got != diff_ids:
-        raise PushError("the export's layers do not match the image config's rootfs "
-                        f"({len(got)} layers read, {len(diff_ids)} listed)")
-    return Image(config, ordered, fmt, list(entry.get("RepoTags") or []))
+
+def _is_zstd(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return export.compression_of(f.read(4)) == "zstd"

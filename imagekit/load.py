@@ -4,12 +4,16 @@ engine, verified before anything in the engine changes.
 The format is found from the file's first bytes (ZIP, gzip'd tar or tar; a
 `--zip-compat` file is a tar). PATH.sha256 is checked first when it is there.
 The tar is streamed into the engine (out of the ZIP or gzip on the fly, no
-temporary tar) while a small tar reader watches it go by: it hashes the image
-config (its sha256 is the image ID) and reads manifest.json. The last chunk is
-held back until the whole archive has been read and checked: when the config
-does not match its own digest, or the image ID is not the one PATH.json names,
-the upload is aborted before its end, and the engine, which applies nothing
-before it has the whole archive, is left as it was (exit 14)."""
+temporary tar) while export.Watcher watches it go by, keeping its JSON
+documents: the image is then read as what it is (the OCI layout of Engine 25+,
+else manifest.json), and its config hashed. The last chunk is held back until
+the whole archive has been read and checked: when the config does not match
+its own digest, or the config digest is not the one PATH.json names, the
+upload is aborted before its end, and the engine, which applies nothing before
+it has the whole archive, is left as it was (exit 14). The config digest is
+the same on every image store, so an archive saved from one store loads into
+the other and passes the check; what the engine then calls the image (its own
+ID) is shown beside it."""
 
 from __future__ import annotations
 
@@ -27,113 +31,22 @@ from .archive import sidecars
 from .engine import EngineAPI
 from .errors import ImagekitError, Interrupted, LoadError
 from .events import Event, Info, LoadResult, Progress
+from .export import ExportError, Layout, Watcher
 
 CHUNK = 4 * 1024 * 1024
 PROGRESS_EVERY = 0.25
 
 
-class TarWatcher:
-    """Reads tar headers from bytes as they pass, keeping only small JSON
-    members (the config, manifest.json), to find the image config's digest."""
-
-    SMALL = 16 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.left = 0                      # bytes of the current member and its padding
-        self.data_left = 0                 # of which member data still to collect
-        self.name = ""
-        self.collect: bytearray | None = None
-        self.next_name: str | None = None  # from a PAX or GNU long-name header
-        self.digests: dict[str, str] = {}  # small JSON member -> sha256 hex
-        self.small: dict[str, bytes] = {}
-        self.ended = False
-
-    def feed(self, data: bytes) -> None:
-        if self.collect is None and not self.buf and len(data) <= self.left:
-            self.left -= len(data)         # the middle of a layer: nothing to look at
-            return
-        self.buf += data
-        while not self.ended:
-            if self.left:
-                take = min(self.left, len(self.buf))
-                if not take:
-                    return
-                if self.collect is not None and self.data_left:
-                    use = min(take, self.data_left)
-                    self.collect += self.buf[:use]
-                    self.data_left -= use
-                del self.buf[:take]
-                self.left -= take
-                if not self.left and self.collect is not None:
-                    self._finish()
-                continue
-            if len(self.buf) < 512:
-                return
-            head = bytes(self.buf[:512])
-            del self.buf[:512]
-            if not head.strip(b"\0"):
-                self.ended = True
-                return
-            self._header(head)
-
-    def _header(self, head: bytes) -> None:
-        name = head[:100].split(b"\0")[0].decode(errors="replace")
-        prefix = head[345:500].split(b"\0")[0].decode(errors="replace")
-        if prefix and head[257:262] == b"ustar":
-            name = f"{prefix}/{name}"
-        field = head[124:136]
-        if field[0] & 0x80:                          # base-256 size
-            size = int.from_bytes(field[1:], "big")
-        else:
-            try:
-                size = int(field.split(b"\0")[0].strip() or b"0", 8)
-            except ValueError:
-                raise _SourceFailed("the archive is corrupt (a damaged tar header)") from None
-        kind = head[156:157]
-        self.left, self.data_left, self.collect = size + (-size) % 512, size, None
-        if kind in (b"x", b"L"):
-            self.name = "\0pax" if kind == b"x" else "\0long"
-            self.collect = bytearray()
-        else:
-            if self.next_name:
-                name, self.next_name = self.next_name, None
-            self.name = name.removeprefix("./")
-            if kind in (b"0", b"\0") and self.name.endswith(".json") and size <= self.SMALL:
-                self.collect = bytearray()
-        if not self.left and self.collect is not None:
-            self._finish()
-
-    def _finish(self) -> None:
-        data, self.collect = bytes(self.collect or b""), None
-        if self.name == "\0pax":
-            for rec in data.decode(errors="replace").split("\n"):
-                if " path=" in rec:
-                    self.next_name = rec.split(" path=", 1)[1]
-        elif self.name == "\0long":
-            self.next_name = data.split(b"\0")[0].decode(errors="replace")
-        else:
-            self.digests[self.name] = hashlib.sha256(data).hexdigest()
-            self.small[self.name] = data
-
-    def image_id(self) -> str | None:
-        """sha256:<config digest> per manifest.json, after checking the config
-        member hashes to its own name. None for archives with no manifest."""
-        raw = self.small.get("manifest.json")
-        if raw is None:
-            return None
-        try:
-            config = json.loads(raw)[0]["Config"]
-        except (ValueError, LookupError, TypeError):
-            raise _SourceFailed("manifest.json in the archive is not valid") from None
-        got = self.digests.get(config)
-        if got is None:
-            raise _SourceFailed(f"the archive names config {config} but does not hold it")
-        named = config.rsplit("/", 1)[-1].removesuffix(".json")
-        if named != got:
-            raise _SourceFailed(f"the image config {config} in the archive does not match its "
-                                f"digest (sha256:{got[:12]}…): the archive is corrupt")
-        return f"sha256:{got}"
+def archive_image(watcher: Watcher) -> Layout | None:
+    """The image the archive that passed through `watcher` holds (any layout
+    of export.py); None for a tar with no image manifest at all. Raises
+    _SourceFailed with one line when the archive does not match itself."""
+    if "index.json" not in watcher.small and "manifest.json" not in watcher.small:
+        return None
+    try:
+        return watcher.layout()
+    except ExportError as e:
+        raise _SourceFailed(e.message.replace("the export", "the archive")) from None
 
 
 class _SourceFailed(Exception):
@@ -276,12 +189,14 @@ def load(path: Path, engine: EngineAPI) -> Iterator[Event]:
                 raise LoadError(f"{manifest_path}: unreadable manifest: {e}") from None
             if not isinstance(manifest, dict):
                 raise LoadError(f"{manifest_path}: unreadable manifest: not a JSON object")
-        want = str((manifest or {}).get("image_id") or "") or None
+        # the config digest (older sidecars: image_id, which was the config digest)
+        want = str((manifest or {}).get("config_digest") or (manifest or {}).get("image_id")
+                   or "") or None
         kind = sniff(path)
         progress = [0, 0]
         failure: list[str] = []
-        watcher = TarWatcher()
-        found: dict[str, str | None] = {}
+        watcher = Watcher()
+        found: dict[str, Layout | None] = {}
 
         def source() -> Iterator[bytes]:
             try:
@@ -291,14 +206,18 @@ def load(path: Path, engine: EngineAPI) -> Iterator[Event]:
                     if held is not None:
                         yield held
                     held = block
-                image_id = watcher.image_id()       # all read: check before the last chunk
-                if want and image_id and image_id != want:
-                    raise _SourceFailed(f"{path}: the archive holds image {image_id[:19]}, but "
+                image = archive_image(watcher)      # all read: check before the last chunk
+                config = image.config_digest if image else None
+                if want and config and config != want:
+                    raise _SourceFailed(f"{path}: the archive holds image {config[:19]}, but "
                                         f"{manifest_path.name} says {want[:19]}; the archive is "
                                         "not the one saved (nothing was loaded)")
-                found["id"] = image_id
+                found["image"] = image
                 if held is not None:
                     yield held
+            except ExportError as e:
+                failure.append(f"{path}: {e.message}")
+                raise _SourceFailed(e.message) from None
             except _SourceFailed as e:
                 failure.append(str(e) if str(e).startswith(str(path)) else f"{path}: {e}")
                 raise
@@ -317,15 +236,20 @@ def load(path: Path, engine: EngineAPI) -> Iterator[Event]:
         raise Interrupted(f"{path}: load interrupted; the engine discards a partial load") from None
 
     refs = [x for x in loaded if not x.startswith("sha256:")]
-    image_id = found.get("id") or next((x for x in loaded if x.startswith("sha256:")), "")
-    if not image_id:
-        for ref in refs:
-            img = engine.image(ref)
-            if img:
-                image_id = img.id
-                break
-    if not image_id:
+    image = found.get("image")
+    held = None
+    for ref in refs or [x for x in loaded if x.startswith("sha256:")]:
+        held = engine.image(ref)
+        if held is not None:
+            break
+    if held is None and image is None:
         raise LoadError(f"{path}: the engine loaded no image from the archive")
+    if held is not None and image is not None and list(held.diff_ids) and \
+            list(held.diff_ids) != image.diff_ids:
+        raise LoadError(f"{path}: the engine holds {held.id[:19]} under "
+                        f"{', '.join(refs) or 'the loaded ID'}, whose layers are not the archive's")
+    config = image.config_digest if image else ""
     yield LoadResult((manifest or {}).get("image", ""), path=str(path), format=kind, refs=refs,
-                     image_id=image_id, checksum=checksum,
-                     manifest="image ID matches" if want else "no manifest")
+                     image_id=held.id if held is not None else config, config_digest=config,
+                     checksum=checksum,
+                     manifest="config digest matches" if want else "no manifest")

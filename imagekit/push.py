@@ -86,7 +86,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
                          + (f" or set {where_from}" if where_from else ""))
     dests = list(dict.fromkeys(destination(w, repo_name, tag) for w in wheres))
 
-    passed = records.smoke_passed(project, image_id)
+    passed = records.smoke_passed(project, target.key)
     if smoke_gate and not passed:
         raise SmokeGateError(f"{name}: {src} ({image_id[:19]}) has not passed its smoke test; run "
                              f"`imagekit smoke {name}` first, or push anyway with --no-smoke-gate")
@@ -119,7 +119,8 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
             done = yield from _through_engine(engine, name, image_id, dests, auths, retries,
                                               backoff, sleep, secrets)
         else:
-            done, fallback, why = yield from direct(engine, name, image_id, dests, auths,
+            done, fallback, why = yield from direct(engine, name, image_id,
+                                                    list(target.image.diff_ids), dests, auths,
                                                     fmt=fmt, retries=retries, backoff=backoff,
                                                     sleep=sleep)
             for x in done:                 # the refs a push leaves, as docker push does
@@ -150,13 +151,16 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
         raise type(err)(f"{name}: {message}", details=details)
 
     by_dest = {x.dest: x for x in done}
-    records.add_pushed(project, image_id, [f"{d.repo}@{by_dest[d].digest}" for d in dests])
+    records.add_pushed(project, target.key, [f"{d.repo}@{by_dest[d].digest}" for d in dests])
+    direct_done = [x for x in done if x.via == "direct" and x.error is None]
     yield PushResult(name, image_id=image_id, source=src,
                      smoke_gate="on" if smoke_gate else "off", smoke_passed=passed,
                      destinations=[PushedDestination(
                          d.ref, d.repo, d.tag, by_dest[d].digest, f"{d.repo}@{by_dest[d].digest}",
                          by_dest[d].attempts, by_dest[d].seconds, by_dest[d].via,
-                         by_dest[d].bytes_sent) for d in dests])
+                         by_dest[d].bytes_sent) for d in dests],
+                     bytes_compressed=direct_done[0].bytes_compressed if direct_done else None,
+                     layers_as_stored=direct_done[0].layers_as_stored if direct_done else None)
 
 
 def _untag(engine: EngineAPI, dests: list[Destination]) -> bool:

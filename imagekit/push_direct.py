@@ -22,7 +22,8 @@ BACKOFF_MAX = 30.0
 HOW = {"uploaded": "Pushed", "exists": "Layer already exists", "mounted": "Mounted"}
 
 
-def direct(engine: EngineAPI, name: str, image_id: str, dests: list[Destination],
+def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
+           dests: list[Destination],
            auths: dict[str, tuple[dict | None, str]], *, fmt: str, retries: int, backoff: float,
            sleep: Callable[[float], None]):
     """Yields progress; returns (Done per destination pushed or failed,
@@ -38,12 +39,13 @@ def direct(engine: EngineAPI, name: str, image_id: str, dests: list[Destination]
     attempt = 0
     started = time.monotonic()
     sent: dict[Destination, int] = {}          # bytes of earlier, failed attempts
+    export_read: registry.ExportRead | None = None
     while pending:
         attempt += 1
         failed: dict[Destination, ImagekitError] = {}
         try:
             for ev in registry.push(engine.save(image_id), [targets[d] for d in pending], creds,
-                                    format=fmt, expect_id=image_id, retries=min(retries, 4),
+                                    format=fmt, expect_diff_ids=diff_ids, retries=min(retries, 4),
                                     backoff=backoff / 2, sleep=sleep):
                 if isinstance(ev, Compressing):
                     yield Progress(name, f"layer {ev.source[:19]}", ev.done, ev.total, "compressing")
@@ -65,13 +67,18 @@ def direct(engine: EngineAPI, name: str, image_id: str, dests: list[Destination]
                     yield Warn(name, f"{ev.target}: {ev.what} failed ({ev.reason}); retrying "
                                      f"in {ev.wait:g}s (try {ev.attempt})")
                 elif isinstance(ev, registry.ExportRead):
-                    yield Info(name, f"read the image once: {ev.layers} layers, "
-                                     f"{ev.raw_size / 1e6:.0f} MB, {ev.compressed_size / 1e6:.0f} MB "
-                                     f"compressed, in {ev.seconds:.1f}s")
+                    export_read = ev
+                    how = f"{ev.raw_size / 1e6:.0f} MB compressed to " if ev.raw_size else ""
+                    stored = f", {ev.stored} as the engine stored them" if ev.stored else ""
+                    yield Info(name, f"read the image once: {ev.layers} layers{stored}, "
+                                     f"{how}{ev.compressed_size / 1e6:.0f} MB to send, in "
+                                     f"{ev.seconds:.1f}s")
                 elif isinstance(ev, registry.TargetPushed):
                     d = by_ref[ev.target]
                     done[d] = Done(d, ev.digest, attempt, round(time.monotonic() - started, 2),
-                                   bytes_sent=sent.get(d, 0) + ev.bytes_sent, via="direct")
+                                   bytes_sent=sent.get(d, 0) + ev.bytes_sent, via="direct",
+                                   bytes_compressed=export_read.raw_size if export_read else None,
+                                   layers_as_stored=export_read.stored if export_read else None)
                     if len(dests) > 1:
                         yield Info(name, f"pushed {d.ref} digest {ev.digest} (checked with the "
                                          "registry)")

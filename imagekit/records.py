@@ -1,8 +1,13 @@
 """What imagekit remembers about the images it built, under the project's
 state folder (.imagekit/):
 
-- builds/<image id>.json   one BuildRecord per built image ID, with its smoke mark
-- smoke/<image id>.json    the last smoke report of that image ID
+- builds/<key>.json        one BuildRecord per built image, with its smoke mark
+- smoke/<key>.json         the last smoke report of that image
+
+The key is the image's identity (engine.ImageInfo.key: from its layer diff IDs
+and config), not the engine's ID, which differs between the classic and the
+containerd image store: a mark made before a save/load into the other store
+still holds after it.
 - last-build.json          what the last `imagekit build` made (push and save
                            with no name act on it)
 
@@ -31,7 +36,7 @@ class SmokeMark:
 
 @dataclass
 class BuildRecord:
-    image_id: str
+    image_id: str                  # the key: ImageInfo.key (an identity that survives stores)
     name: str = ""
     refs: list[str] = field(default_factory=list)
     spec_digest: str = ""
@@ -47,6 +52,7 @@ class BuildRecord:
     dockerfile: str = ""
     smoke: SmokeMark | None = None
     pushed: list[str] = field(default_factory=list)    # REPO@DIGEST this image was pushed as
+    engine_id: str = ""            # the engine's own image ID when it was built
 
     @classmethod
     def from_json(cls, data: dict) -> BuildRecord:
@@ -121,25 +127,27 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def store_smoke(project: Project, result: SmokeResult) -> Path:
-    """Keep the smoke report and mark the image ID's record passed or not."""
-    path = project.state_dir / "smoke" / f"{_key(result.image_id)}.json"
+def store_smoke(project: Project, result: SmokeResult, key: str = "") -> Path:
+    """Keep the smoke report and mark the image's record (by `key`, its
+    identity; else the engine's ID) passed or not."""
+    key = key or result.image_id
+    path = project.state_dir / "smoke" / f"{_key(key)}.json"
     _write_json(path, asdict(result))
-    rec = read(project, result.image_id) or BuildRecord(result.image_id, name=result.image)
+    rec = read(project, key) or BuildRecord(key, name=result.image, engine_id=result.image_id)
     rec.smoke = SmokeMark(result.passed, str(path), result.started_at)
-    _write_json(build_path(project, result.image_id), asdict(rec))
+    _write_json(build_path(project, key), asdict(rec))
     return path
 
 
-def smoke_passed(project: Project, image_id: str) -> bool:
-    rec = read(project, image_id)
+def smoke_passed(project: Project, key: str) -> bool:
+    rec = read(project, key)
     return bool(rec and rec.smoke and rec.smoke.passed)
 
 
-def add_pushed(project: Project, image_id: str, pinned: list[str]) -> None:
-    rec = read(project, image_id) or BuildRecord(image_id)
+def add_pushed(project: Project, key: str, pinned: list[str]) -> None:
+    rec = read(project, key) or BuildRecord(key)
     rec.pushed = list(dict.fromkeys([*pinned, *rec.pushed]))[:20]
-    _write_json(build_path(project, image_id), asdict(rec))
+    _write_json(build_path(project, key), asdict(rec))
 
 
 def set_last_build(project: Project, names: list[str], command: str,

@@ -176,13 +176,15 @@ class Retrying:
 
 @dataclass
 class ExportRead:
-    """The export was read through: every layer compressed once."""
+    """The export was read through: every layer compressed once, or sent as
+    the engine stored it (`stored` layers; `raw_size`: bytes compressed)."""
 
     image_id: str
     layers: int
     raw_size: int
     compressed_size: int
     seconds: float
+    stored: int = 0
 
 
 @dataclass
@@ -827,7 +829,8 @@ def _redact(text: str, secrets: list[str]) -> str:
 
 
 def push(chunks: Iterable[bytes], targets: Sequence[Target], auths: Mapping[str, Auth | None],
-         *, format: str = "docker", expect_id: str | None = None, workdir: Path | None = None,
+         *, format: str = "docker", expect_diff_ids: Sequence[str] | None = None,
+         workdir: Path | None = None,
          chunk_size: int = CHUNK, jobs: int = JOBS, retries: int = RETRIES, backoff: float = BACKOFF,
          sleep: Callable[[float], None] = time.sleep,
          registries: Mapping[str, Registry] | None = None) -> Iterator[object]:
@@ -857,10 +860,10 @@ def push(chunks: Iterable[bytes], targets: Sequence[Target], auths: Mapping[str,
                 if isinstance(e, LayerReady):
                     job.schedule(e.blob)
             image = read_export(chunks, spool, fmt, on_event=on_event, cancel=job.cancel,
-                                expect_id=expect_id)
-            job.emit(ExportRead(image.image_id, len(image.layers),
-                                sum(b.raw_size for b in {x.digest: x for x in image.layers}.values()),
-                                image.compressed_size, round(time.monotonic() - started, 3)))
+                                expect_diff_ids=expect_diff_ids)
+            job.emit(ExportRead(image.image_id, len(image.layers), image.bytes_compressed,
+                                image.compressed_size, round(time.monotonic() - started, 3),
+                                image.layers_stored))
             outcome["export_seconds"] = round(time.monotonic() - started, 3)
             outcome["image"] = image
             job.schedule(image.config)
@@ -905,7 +908,7 @@ def push(chunks: Iterable[bytes], targets: Sequence[Target], auths: Mapping[str,
                 results.append(TargetResult(d.target, str(outcome["manifest"]), d.sent, secs))
             else:
                 results.append(TargetResult(d.target, "", d.sent, secs, d.error))
-        yield PushSummary(image.image_id, str(outcome["manifest"]), fmt.manifest,
+        yield PushSummary(image.image_id, str(outcome["manifest"]), image.format.manifest,
                           image.compressed_size, results, float(outcome["export_seconds"]),  # type: ignore[arg-type]
                           round(time.monotonic() - started, 3))
     finally:

@@ -45,6 +45,7 @@ from .config import Project
 from .engine import EngineAPI
 from .errors import DiskFullError, ImagekitError, Interrupted, SaveError, UsageError
 from .events import Event, Info, Progress, SaveResult
+from .export import ExportError, Watcher
 from .targets import ImageTarget
 
 FORMATS = {"zip": "zip", "zip-compat": "zip", "tar": "tar", "gz": "tar.gz"}
@@ -169,7 +170,7 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
     if not path.parent.is_dir():
         raise SaveError(f"{name}: cannot write {path}: folder {path.parent} does not exist")
     member = f"{stem}.tar"
-    rec = records.read(project, image_id)
+    rec = records.read(project, target.key)
     facts = {k: (getattr(rec, k, None) if rec else None) or target.fact(k)
              for k in ("framework", "version", "device", "python", "cuda")}
     smoke_mark = asdict(rec.smoke) if rec and rec.smoke else None
@@ -192,6 +193,7 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
             sink = _Sink(f)
             write, finish = _writer(fmt, sink, member)
             q: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+            watcher = Watcher()
             threading.Thread(target=_pump, args=(engine.save(ref, CHUNK), q, stop),
                              daemon=True, name="imagekit-save-reader").start()
             last = time.monotonic()
@@ -205,6 +207,7 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
                 if isinstance(item, BaseException):
                     raise item
                 write(item)
+                watcher.feed(item)
                 read += len(item)
                 now = time.monotonic()
                 if now - last >= PROGRESS_EVERY:
@@ -216,13 +219,19 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
             f.flush()
             os.fsync(f.fileno())
         yield from _save_progress(name, path, read, image_size, sink.bytes)
+        try:
+            saved = watcher.layout()
+        except ExportError as e:
+            raise SaveError(f"{name}: the engine's export of {ref}: {e.message}; the partial file "
+                            "was removed") from None
         digest = sink.sha.hexdigest()
         sha_path, manifest_path = sidecars(path)
         manifest = {
             "archive": path.name, "format": fmt, "member": member if fmt == "zip" else None,
             "bytes": sink.bytes, "sha256": digest, "tar_bytes": read,
             "image": name, "ref": ref, "tags": [ref], "image_id": image_id,
-            "image_size": image_size,
+            "config_digest": saved.config_digest, "diff_ids": saved.diff_ids,
+            "identity": target.image.identity, "layout": saved.kind, "image_size": image_size,
             "framework": facts["framework"], "framework_version": facts["version"],
             "device": facts["device"], "python": facts["python"], "cuda": facts["cuda"],
             "smoke": smoke_mark,

@@ -22,15 +22,17 @@ def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: Engine
     name, image_id = target.name, target.image_id
     repo, _, tag = target.ref.rpartition(":") if ":" in target.ref.rsplit("/", 1)[-1] \
         else (target.ref, "", "latest")
+    key = target.key
     held = remote.image(target.ref)
-    if held is not None and held.id == image_id:
-        yield Info(name, f"{where} already holds {target.ref} ({image_id[:19]})")
+    if held is not None and held.key == key:
+        yield Info(name, f"{where} already holds {target.ref} ({held.id[:19]})")
         return
-    if remote.image(image_id) is not None:
+    same = remote.image(image_id)
+    if same is not None and same.key == key:
         remote.tag(image_id, repo, tag)
         yield Info(name, f"{where} already holds {image_id[:19]}; tagged it {target.ref}")
         return
-    rec = records.read(project, image_id)
+    rec = records.read(project, key)
     for pinned in rec.pushed if rec else []:
         yield Info(name, f"pulling {pinned} on {where} (pushed there before)")
         try:
@@ -39,8 +41,8 @@ def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: Engine
             yield Warn(name, f"{where} could not pull {pinned}: {e.message}")
             continue
         got = remote.image(pinned)
-        if got is not None and got.id == image_id:
-            remote.tag(image_id, repo, tag)
+        if got is not None and got.key == key:
+            remote.tag(got.id, repo, tag)
             yield Info(name, f"shipped {target.ref} to {where} by pulling {pinned}")
             return
         yield Warn(name, f"{pinned} on {where} is {got.id[:19] if got else 'nothing'}, not "
@@ -63,7 +65,7 @@ def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: Engine
     if err is not None:
         raise err
     got = remote.image(target.ref)
-    if got is None or got.id != image_id:
+    if got is None or got.key != key:
         raise SmokeError(f"{name}: after shipping, {where} holds "
                          f"{got.id[:19] if got else 'no'} {target.ref}, not {image_id[:19]}")
     yield Info(name, f"shipped {target.ref} to {where} ({sent[0] / 1e6:.0f} MB streamed)")

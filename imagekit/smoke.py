@@ -84,6 +84,7 @@ class SmokeTarget:
     settings: SmokeSpec
     train_command: str | None = None
     jupyter: JupyterSpec | None = None
+    key: str = ""                        # what its records are keyed on (ImageInfo.key)
 
     @classmethod
     def of(cls, target: ImageTarget, command: str | None = None) -> SmokeTarget:
@@ -92,10 +93,11 @@ class SmokeTarget:
             train = command or (m.train.command if m.train else None)
             return cls(target.name, target.ref, target.image_id, target.plan.framework,
                        target.plan.version, target.plan.device, m.smoke, train,
-                       m.jupyter if m.jupyter.enabled else None)
+                       m.jupyter if m.jupyter.enabled else None, target.key)
         settings = SmokeSpec(steps_args="", resume=False) if command else SmokeSpec()
         return cls(target.name, target.ref, target.image_id, target.fact("framework"),
-                   target.fact("version"), target.fact("device"), settings, command)
+                   target.fact("version"), target.fact("device"), settings, command,
+                   key=target.key)
 
 
 @dataclass
@@ -276,7 +278,7 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
         raise
     finally:
         result.seconds = round(time.monotonic() - t0, 2)
-        records.store_smoke(project, result)
+        records.store_smoke(project, result, target.key or target.image_id)
     yield result
 
 
@@ -351,7 +353,7 @@ def _probe(run: _Runner):
                           "with the image's `python`", out)
     yield Info(t.name, f"found {found['framework']} {found['version']}")
     return SmokeTarget(t.name, t.ref, t.image_id, found["framework"], found["version"],
-                       t.device, t.settings, t.train_command, t.jupyter)
+                       t.device, t.settings, t.train_command, t.jupyter, t.key)
 
 
 def _framework_check(run: _Runner, mode: str):

@@ -25,7 +25,13 @@ class ImageTarget:
 
     @property
     def image_id(self) -> str:
+        """The engine's own ID (it differs between image stores)."""
         return self.image.id
+
+    @property
+    def key(self) -> str:
+        """What records are keyed on: the identity that survives stores."""
+        return self.image.key
 
     def fact(self, key: str) -> str | None:
         """framework, version, device, python, cuda: from the plan, else the

@@ -376,7 +376,7 @@ def test_save_rmi_load_round_trip(tiny_to_save, tmp_path, docker_api, fmt, ext):
         assert r.code == 0, r.output[-3000:]
         res = _result(r.stdout, "load")
         assert res["refs"] == [t.ref] and res["image_id"] == t.image_id
-        assert res["checksum"] == "verified" and res["manifest"] == "image ID matches"
+        assert res["checksum"] == "verified" and res["manifest"] == "config digest matches"
     assert docker_api.inspect_image(t.ref)["Id"] == t.image_id
 
 

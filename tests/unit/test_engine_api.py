@@ -7,6 +7,7 @@ fakes.FakeDockerAPI."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 from fakes import DIGEST, FakeDockerAPI, FakeEngine
@@ -18,6 +19,7 @@ from imagekit.engine import (
     BuildStep,
     Engine,
     EngineAPI,
+    ImageInfo,
     LayerProgress,
     PushDone,
 )
@@ -159,9 +161,42 @@ def test_error_item_fails_a_push_although_the_stream_ended_normally():
         list(Engine(api).push("reg/x", "v1", None))
 
 
-def test_push_without_a_digest_is_an_error():
-    with pytest.raises(EngineStreamError, match="without a manifest digest"):
-        list(Engine(FakeDockerAPI(push=_ok_push()[:-1])).push("reg/x", "v1", None))
+def test_push_without_a_digest_leaves_the_digest_to_the_registry():
+    # the containerd store of Engine 26 ends its push stream with no aux digest
+    items = list(Engine(FakeDockerAPI(push=_ok_push()[:-1])).push("reg/x", "v1", None))
+    assert items[-1] == PushDone("")
+
+
+def test_push_names_the_images_own_platform_where_the_api_takes_it():
+    api = FakeDockerAPI(images={"reg/x:v1": {"Id": "sha256:1", "Os": "linux",
+                                             "Architecture": "arm64", "Variant": "v8"}})
+    api._version = "1.47"
+    sent = {}
+
+    def post(url, data, **kw):
+        sent.update(url=url, **kw)
+        return object()
+
+    api._post_json = post
+    api._raise_for_status = lambda r: None
+    api._stream_helper = lambda r, decode: iter(_ok_push())
+    items = list(Engine(api).push("reg/x", "v1", {"username": "u", "password": "p"}))
+    assert sent["url"].endswith("/images/reg/x/push")
+    assert json.loads(sent["params"]["platform"]) == {"os": "linux", "architecture": "arm64",
+                                                      "variant": "v8"}
+    assert sent["params"]["tag"] == "v1" and "X-Registry-Auth" in sent["headers"]
+    assert isinstance(items[-1], PushDone) and items[-1].digest
+
+
+def test_engine_push_of_an_index_takes_the_registrys_digest():
+    from imagekit.destinations import destination
+    from imagekit.push_engine import _attempt
+    eng = FakeEngine()
+    eng.pushes["reg.example.com"] = [[LayerProgress("l1", "Pushed"), PushDone("")]]
+    eng.images["reg.example.com/team/x:v1"] = ImageInfo("sha256:" + "1" * 64)
+    eng.held = "sha256:" + "2" * 64
+    got = _attempt(eng, "x", destination("reg.example.com/team", "x", "v1"), None, lambda _e: None)
+    assert got == "sha256:" + "2" * 64
 
 
 def test_engine_retry_countdown_is_reported_once_per_wait():

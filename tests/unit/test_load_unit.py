@@ -1,5 +1,5 @@
 """Load verifies before the engine commits: the tar is streamed to the fake
-engine while TarWatcher reads its headers; the last chunk is held back until
+engine while export.Watcher reads its headers; the last chunk is held back until
 the image config's digest and the manifest's image ID are checked, so a bad
 archive reaches the engine as an aborted upload and nothing is applied."""
 
@@ -17,7 +17,8 @@ from imagekit import load as load_stage
 from imagekit.archive import sidecars
 from imagekit.errors import LoadError
 from imagekit.events import LoadResult
-from imagekit.load import TarWatcher, _SourceFailed, sniff
+from imagekit.export import Watcher
+from imagekit.load import _SourceFailed, archive_image, sniff
 
 LAYERS = [{"opt/a.bin": bytes(range(256)) * 400}, {"opt/b.bin": b"\1" * 90_000}]
 
@@ -61,7 +62,7 @@ def test_a_good_archive_loads(tmp_path, small_chunks):
     res = events[-1]
     assert isinstance(res, LoadResult) and res.image == "x"
     assert res.refs == ["x:v1", "x:latest"] and res.image_id == iid and res.format == "tar"
-    assert res.checksum == "verified" and res.manifest == "image ID matches"
+    assert res.checksum == "verified" and res.manifest == "config digest matches"
     assert eng.received == data and not eng.load_aborted
     assert eng.images["x:v1"].id == iid and eng.images["x:latest"].id == iid
 
@@ -127,10 +128,10 @@ def test_gzip_and_zip_archives_are_verified_too(tmp_path, small_chunks):
 @pytest.mark.parametrize("step", [1, 100, 511, 512, 513, 5000, 1 << 20])
 def test_tar_watcher_reads_headers_at_any_chunk_size(step):
     data, iid = image_archive(["x:v1"], LAYERS)
-    w = TarWatcher()
+    w = Watcher()
     for i in range(0, len(data), step):
         w.feed(data[i:i + step])
-    assert w.ended and w.image_id() == iid
+    assert w.ended and archive_image(w).config_digest == iid
     assert json.loads(w.small["manifest.json"])[0]["RepoTags"] == ["x:v1"]
     assert not any(name.endswith("layer.tar") for name in w.small)   # layers are not kept
 
@@ -143,17 +144,17 @@ def test_tar_watcher_follows_long_names():
             info = tarfile.TarInfo(name)
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
-    w = TarWatcher()
+    w = Watcher()
     w.feed(buf.getvalue())
-    assert w.digests[long] == hashlib.sha256(b'{"a": 1}').hexdigest()
-    with pytest.raises(_SourceFailed, match="not valid"):
-        w.image_id()                                     # an empty manifest names no config
+    assert hashlib.sha256(w.small[long]).hexdigest() == hashlib.sha256(b'{"a": 1}').hexdigest()
+    with pytest.raises(_SourceFailed, match="lists no image"):
+        archive_image(w)                                 # an empty manifest names no config
 
 
 def test_an_archive_without_manifest_has_no_image_id():
-    w = TarWatcher()
+    w = Watcher()
     w.feed(_retar([("a.txt", b"x")]))
-    assert w.image_id() is None
+    assert archive_image(w) is None
 
 
 def test_sniff(tmp_path):

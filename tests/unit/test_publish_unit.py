@@ -383,7 +383,7 @@ def test_save_every_format_round_trips(passed, out_dir, fmt):
     fresh = FakeEngine()
     events = list(load_stage.load(out, fresh))
     assert fresh.received == TAR and not fresh.load_aborted
-    assert events[-1].checksum == "verified" and events[-1].manifest == "image ID matches"
+    assert events[-1].checksum == "verified" and events[-1].manifest == "config digest matches"
     assert events[-1].refs == ["x:v1"] and events[-1].image_id == IMAGE_ID
     assert fresh.images["x:v1"].id == IMAGE_ID
 
@@ -533,11 +533,14 @@ def test_damaged_archive_without_sidecar_is_refused(passed, out_dir, fmt, name, 
     assert eng.images == {}
 
 
-def test_image_id_must_match_manifest(passed, out_dir):
+@pytest.mark.parametrize("field", ["config_digest", "image_id"])   # image_id: older sidecars
+def test_image_id_must_match_manifest(passed, out_dir, field):
     out = _saved(passed, out_dir, "zip", "x.zip")
     man = save_stage.sidecars(out)[1]
     m = json.loads(man.read_text())
-    m["image_id"] = "sha256:" + "99" * 32
+    if field == "image_id":
+        del m["config_digest"]
+    m[field] = "sha256:" + "99" * 32
     man.write_text(json.dumps(m))
     eng = FakeEngine()
     with pytest.raises(LoadError, match="says sha256:9999"):
