@@ -27,6 +27,7 @@ from typing import IO, Any, Protocol
 
 import docker
 import docker.auth
+import docker.context
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
@@ -156,8 +157,27 @@ class EngineAPI(Protocol):
     def distribution_digest(self, ref: str, auth: dict | None) -> str: ...
 
 
+def endpoint() -> tuple[str, dict, str]:
+    """Where the engine is, as the docker CLI finds it: DOCKER_HOST, else the
+    current docker context (DOCKER_CONTEXT, else `currentContext` in the
+    Docker config: Docker Desktop's `desktop-linux`, a remote `ssh://` or
+    `tcp://` engine), else the local socket. (where, docker-py kwargs,
+    context name or "")."""
+    params = docker.utils.kwargs_from_env()
+    name = ""
+    if "base_url" not in params and not os.environ.get("DOCKER_HOST"):
+        with contextlib.suppress(docker.errors.DockerException, OSError, ValueError, KeyError):
+            ctx = docker.context.ContextAPI.get_context(os.environ.get("DOCKER_CONTEXT") or None)
+            if ctx is not None and ctx.Host and ctx.Name != "default":
+                name = str(ctx.Name)
+                params = {**docker.context.ContextAPI.kwargs_from_context(ctx.Name), **params}
+    where = str(params.get("base_url") or os.environ.get("DOCKER_HOST")
+                or "unix:///var/run/docker.sock")
+    return where, params, name
+
+
 def _where() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return endpoint()[0]
 
 
 class Engine:
@@ -176,8 +196,10 @@ class Engine:
                 api = docker.APIClient(base_url=url, version="auto", timeout=timeout,
                                        use_ssh_client=url.startswith("ssh://"))
             else:
+                params = endpoint()[1]
                 api = docker.APIClient(version="auto", timeout=timeout,
-                                       **docker.utils.kwargs_from_env())
+                                       use_ssh_client=str(params.get("base_url", ""))
+                                       .startswith("ssh://"), **params)
             api.ping()
             engine = cls(api, where)
             engine.sweep()       # what a process that died with the engine could not remove
