@@ -1,13 +1,15 @@
 """An image read once from the engine's export stream (the `docker save` tar),
-as the blobs a registry takes: the engine's own config bytes (their sha256 is
-the image ID) and each layer compressed once, spooled to a file.
+as the blobs a registry takes: the engine's own config bytes and each layer,
+spooled to a file.
 
-Both export layouts are read: `<v1 id>/layer.tar` + `<id>.json` (engines up
-to 24) and `blobs/sha256/<hex>` (the OCI layout of engines 25+); in both,
-`manifest.json` (near the end of the tar) gives the config and the layer order,
-so every layer is compressed as it streams by and matched to its place at the
-end. A layer the engine wrote as a symlink (the same diff in two places) is
-one blob. Nothing is held whole in memory or written uncompressed.
+The export is read as what it is (export.py: the OCI layout of Engine 25+,
+nested indexes and attestation manifests included, else manifest.json). A
+layer the engine stored compressed (gzip or zstd: the containerd image store)
+is spooled byte for byte and sent as it is, under the digest its manifest
+names; only an uncompressed layer (the classic store, Engine 20.10) is
+compressed, as it streams by, and matched to its place at the end. A layer the
+engine wrote as a symlink (the same diff in two places) is one blob. Nothing
+is held whole in memory or written uncompressed.
 
 The compressed bytes are deterministic (fixed block size, fixed level, no
 timestamps), so the same layer read twice gives the same digest: a registry
@@ -41,7 +43,6 @@ OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 PIECE = 4 * 1024 * 1024      # bytes read from a layer at a time = one deflate block
-SMALL = 4 * 1024 * 1024      # a blobs/sha256 entry up to this size starting with '{' is JSON
 ZSTD_LEVEL = 3
 
 
