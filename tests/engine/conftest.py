@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import docker
 import pytest
+from compat import engine_26_containerd, engine_2010, started_lines  # noqa: F401 (fixtures)
 from helpers import Project, imagekit, unique
 
 pytestmark = pytest.mark.engine
@@ -16,6 +17,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/engine" in str(item.fspath):
             item.add_marker(pytest.mark.engine)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which other engines the compatibility tests started, and how fast."""
+    lines = started_lines()
+    if lines:
+        terminalreporter.section("other engines")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
