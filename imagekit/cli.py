@@ -57,6 +57,12 @@ class PushFormat(str, Enum):
     oci_zstd = "oci-zstd"
 
 
+class PushVia(str, Enum):
+    auto = "auto"
+    own = "own"
+    engine = "engine"
+
+
 class Output(str, Enum):
     auto = "auto"
     rich = "rich"
@@ -438,10 +444,13 @@ def push(
     retries: Annotated[int, typer.Option(
         "--retries", min=0, max=10, help="Retries after a transient failure (connection reset, "
         "5xx), with backoff; an authentication failure is never retried.")] = 3,
+    via: Annotated[PushVia, typer.Option(
+        "--via", help="own: imagekit's own path (one export, layers compressed once for every "
+        "registry, resumable); engine: the Docker engine pushes (docker push); auto: own, but "
+        "the engine where it stores layers compressed (the containerd image store).")]
+    = PushVia.auto,
     via_engine: Annotated[bool, typer.Option(
-        "--via-engine", help="Let the Docker engine push (docker push) instead of imagekit's "
-        "own path (one export, layers compressed once for every registry, resumable).")]
-    = False,
+        "--via-engine", help="Same as --via engine.")] = False,
     fmt: Annotated[PushFormat, typer.Option(
         "--format", help="docker: v2 schema 2 manifests, gzip layers (what every registry "
         "takes); oci: OCI media types; oci-zstd: OCI with zstd layers.")] = "docker",
@@ -459,6 +468,9 @@ def push(
     elif username:
         raise UsageError("--username needs --password-stdin (a password is never taken as an "
                          "argument)")
+    if via_engine and PushVia(via) == PushVia.own:
+        raise UsageError("--via-engine and --via own contradict each other")
+    chosen = PushVia.engine.value if via_engine else PushVia(via).value
     creds = push_stage.credentials(username, password, to=to)
     for where in to or ["localhost"]:       # bad values are usage errors before any engine call
         push_stage.destination(where, repository or "x", tag or "latest")
@@ -475,7 +487,7 @@ def push(
             target = targets.resolve(project, engine, item, error=PushError)
             yield from push_stage.push(project, target, engine, to=to, tag=tag,
                                        repository=repository, smoke_gate=not no_smoke_gate,
-                                       creds=creds, retries=retries, via_engine_only=via_engine,
+                                       creds=creds, retries=retries, via=chosen,
                                        fmt=PushFormat(fmt).value)
 
     _show(stages())

@@ -119,6 +119,29 @@ class ContainerState:
     exit_code: int | None
 
 
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the engine is (`docker version` / `docker info`, decoded)."""
+
+    where: str
+    context: str = ""              # the docker context it was found through, if any
+    server_version: str = ""
+    api_version: str = ""
+    os: str = ""
+    arch: str = ""
+    store: str = "classic"         # "containerd": the containerd image store (snapshotter)
+    storage_driver: str = ""
+    buildkit: bool = False         # BuildKit built in (Engine 23+ has it)
+    gpu_runtime: bool = False      # an nvidia runtime
+    cdi_gpus: int = 0              # nvidia.com/gpu CDI devices
+
+    @property
+    def layers_stored_compressed(self) -> bool:
+        """The store keeps layers as pushed or pulled (gzip): a push through
+        the engine compresses nothing."""
+        return self.store == "containerd"
+
+
 BuildItem = BuildStep | BuildCached | BuildOutput | BuildDone
 PushItem = LayerProgress | PushDone
 
@@ -127,6 +150,7 @@ class EngineAPI(Protocol):
     """What imagekit's stages need from a container engine."""
 
     def gpu_capable(self) -> bool: ...
+    def facts(self) -> EngineFacts: ...
     def image(self, ref: str) -> ImageInfo | None: ...
     def tag(self, image: str, repository: str, tag: str) -> None: ...
     def remove_image(self, ref: str) -> None: ...
@@ -183,14 +207,16 @@ def _where() -> str:
 class Engine:
     """EngineAPI over docker-py's low-level client."""
 
-    def __init__(self, api: docker.APIClient, where: str | None = None):
+    def __init__(self, api: docker.APIClient, where: str | None = None, context: str = ""):
         self.api = api
         self.where = where or _where()
+        self.context = context
+        self._facts: EngineFacts | None = None
 
     @classmethod
     def connect(cls, timeout: int = 600, url: str | None = None) -> Engine:
         """The engine at `url` (any DOCKER_HOST form), else the environment's."""
-        where = url or _where()
+        where, _, context = (url, {}, "") if url else endpoint()
         try:
             if url:
                 api = docker.APIClient(base_url=url, version="auto", timeout=timeout,
@@ -201,7 +227,7 @@ class Engine:
                                        use_ssh_client=str(params.get("base_url", ""))
                                        .startswith("ssh://"), **params)
             api.ping()
-            engine = cls(api, where)
+            engine = cls(api, where, context)
             engine.sweep()       # what a process that died with the engine could not remove
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             reason = str(e).split("\n")[0]
@@ -220,6 +246,27 @@ class Engine:
             return True
         cdi = info.get("DiscoveredDevices") or []
         return any(str(d.get("ID", "")).startswith("nvidia.com/gpu") for d in cdi)
+
+    def facts(self) -> EngineFacts:
+        """Version, API, image store, builders, GPU runtime (asked once)."""
+        if self._facts is None:
+            info = self._call(self.api.info)
+            ver = self._call(self.api.version)
+            status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
+            runtimes = info.get("Runtimes") or {}
+            cdi = [d for d in info.get("DiscoveredDevices") or []
+                   if str(d.get("ID", "")).startswith("nvidia.com/gpu")]
+            version = str(ver.get("Version") or info.get("ServerVersion") or "")
+            major = re.match(r"(\d+)", version)
+            self._facts = EngineFacts(
+                self.where, self.context, version, str(ver.get("ApiVersion") or ""),
+                str(info.get("OSType") or ver.get("Os") or ""),
+                str(info.get("Architecture") or ver.get("Arch") or ""),
+                "containerd" if status.get("driver-type") == "io.containerd.snapshotter.v1"
+                else "classic", str(info.get("Driver") or ""),
+                bool(major and int(major[1]) >= 23),
+                "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia", len(cdi))
+        return self._facts
 
     def image(self, ref: str) -> ImageInfo | None:
         try:

@@ -62,10 +62,14 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
          to: list[str] | None = None, tag: str | None = None, repository: str | None = None,
          smoke_gate: bool = True, creds: Credentials | None = None, retries: int = RETRIES,
          backoff: float = BACKOFF, sleep: Callable[[float], None] = time.sleep,
-         via_engine_only: bool = False, fmt: str = "docker") -> Iterator[Event]:
+         via: str = "auto", fmt: str = "docker") -> Iterator[Event]:
     """Push the target image to every destination at once. Yields progress and
     per-destination results; the last event is a PushResult with every digest.
-    Raises AuthError (11), SmokeGateError (12) or PushError (10)."""
+    `via`: "own" (imagekit's own path: one export, layers compressed once for
+    every registry, resumable), "engine" (docker push), or "auto": the own
+    path, except where the engine stores layers compressed (the containerd
+    image store), whose own push uploads them as they are, which an export
+    cannot beat. Raises AuthError (11), SmokeGateError (12) or PushError (10)."""
     name, src, image_id = target.name, target.ref, target.image_id
     plan = target.plan
     where_from = f"push.registries in {plan.spec.path.name}" if plan else ""
@@ -114,8 +118,13 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
 
     yield Info(name, f"pushing {src} ({image_id[:19]}) to "
                      f"{', '.join(d.ref for d in dests)}")
+    stored = via != "own" and fmt == "docker" and engine.facts().layers_stored_compressed
+    if via == "auto" and stored:
+        via = "engine"
+        yield Info(name, "the engine keeps this image's layers compressed (containerd image "
+                         "store): it pushes them as they are, with nothing to compress")
     try:
-        if via_engine_only:
+        if via == "engine":
             done = yield from _through_engine(engine, name, image_id, dests, auths, retries,
                                               backoff, sleep, secrets)
         else:
@@ -153,6 +162,9 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
     by_dest = {x.dest: x for x in done}
     records.add_pushed(project, target.key, [f"{d.repo}@{by_dest[d].digest}" for d in dests])
     direct_done = [x for x in done if x.via == "direct" and x.error is None]
+    if not direct_done and stored:     # the engine sent its stored (compressed) layers
+        direct_done = [Done(dests[0], bytes_compressed=0,
+                            layers_as_stored=len(set(target.image.diff_ids)) or None)]
     yield PushResult(name, image_id=image_id, source=src,
                      smoke_gate="on" if smoke_gate else "off", smoke_passed=passed,
                      destinations=[PushedDestination(

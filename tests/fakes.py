@@ -30,6 +30,7 @@ from imagekit.engine import (
     BuildItem,
     BuildStep,
     ContainerState,
+    EngineFacts,
     ImageInfo,
     LayerProgress,
     PushDone,
@@ -182,6 +183,7 @@ class FakeEngine:
     auths    registry host -> what registry_auth() finds in "the Docker config file"
     export   the bytes save() streams (in `chunk` pieces, `fail_with` raised at `fail_after`)
     load_error  the engine's refusal after reading a whole archive (EngineStreamError)
+    store    the image store facts() reports: "classic" or "containerd"
     """
 
     def __init__(self, *, images: dict[str, ImageInfo] | None = None, gpu: bool = False,
@@ -189,9 +191,10 @@ class FakeEngine:
                  held: str | None = None, auths: dict[str, dict] | None = None,
                  export: bytes = b"", chunk: int = 65536, fail_after: int | None = None,
                  fail_with: BaseException | None = None, load_error: str | None = None,
-                 pullable: dict[str, ImageInfo] | None = None):
+                 pullable: dict[str, ImageInfo] | None = None, store: str = "classic"):
         self.images: dict[str, ImageInfo] = dict(images or {})
         self.gpu = gpu
+        self.store = store
         self.builds = builds
         self.pushes = pushes or {}
         self.held = held
@@ -258,6 +261,13 @@ class FakeEngine:
     def gpu_capable(self) -> bool:
         self._record("gpu_capable")
         return self.gpu
+
+    def facts(self) -> EngineFacts:
+        self._record("facts")
+        return EngineFacts("fake://engine", server_version="26.1.5", api_version="1.45",
+                           os="linux", arch="x86_64", store=self.store,
+                           storage_driver="overlayfs" if self.store == "containerd" else "overlay2",
+                           buildkit=True, gpu_runtime=self.gpu)
 
     def image(self, ref: str) -> ImageInfo | None:
         self._record("image", ref=ref)

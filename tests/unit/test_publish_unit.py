@@ -75,7 +75,7 @@ def _push(p, eng, name="x", **kw):
     """The stage over the engine's own push (the direct path has its own tests,
     against real registries and in test_push_direct_unit)."""
     kw.setdefault("sleep", lambda s: None)
-    kw.setdefault("via_engine_only", True)
+    kw.setdefault("via", "engine")
     target = targets.resolve(p, eng, name, error=PushError)
     return list(push_stage.push(p, target, eng, **kw))
 
@@ -192,7 +192,7 @@ def test_dead_registry_gives_up_and_reports_nothing_pushed(passed):
     target = targets.resolve(passed, eng, "x")
     with pytest.raises(PushError, match="after 3 attempts") as e:
         for ev in push_stage.push(passed, target, eng, retries=2, backoff=1.0,
-                                  sleep=waits.append, via_engine_only=True):
+                                  sleep=waits.append, via="engine"):
             seen.append(ev)
     assert e.value.exit_code == 10 and waits == [1.0, 2.0]
     assert not [ev for ev in seen if isinstance(ev, PushResult)]

@@ -113,5 +113,33 @@ def test_what_the_own_path_cannot_do_goes_through_the_engine(proj, monkeypatch):
 def test_via_engine_never_calls_the_own_path(proj, monkeypatch):
     calls = _script(monkeypatch, [])
     eng = _engine(pushes={"a.example.com/t/x_train": [push_ok()]}, held=DIGEST)
-    events = _run(proj, eng, to=["a.example.com/t"], via_engine_only=True)
+    events = _run(proj, eng, to=["a.example.com/t"], via="engine")
     assert calls == [] and events[-1].destinations[0].via == "engine"
+
+
+def test_containerd_store_lets_the_engine_push_its_stored_layers(proj, monkeypatch):
+    """On the containerd image store the engine holds the layers gzip'd: its own
+    push only uploads them, which reading an export cannot beat."""
+    calls = _script(monkeypatch, [])
+    eng = _engine(pushes={"a.example.com/t/x_train": [push_ok()]}, held=DIGEST,
+                  store="containerd")
+    events = _run(proj, eng, to=["a.example.com/t"])
+    said = [e.message for e in events if isinstance(e, Info)]
+    assert calls == [] and any("containerd image store" in m for m in said)
+    res = events[-1]
+    assert res.destinations[0].via == "engine" and res.bytes_compressed == 0
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci-zstd"])
+def test_own_path_can_be_asked_for_on_the_containerd_store(proj, monkeypatch, fmt):
+    calls = _script(monkeypatch, [lambda ts: iter(_pushed(ts))])
+    eng = _engine(store="containerd")
+    kw = {"via": "own"} if fmt == "docker" else {"fmt": fmt}   # zstd: only the own path can
+    events = _run(proj, eng, to=["a.example.com/t"], **kw)
+    assert len(calls) == 1 and events[-1].destinations[0].via == "direct"
+
+
+def test_classic_store_pushes_on_the_own_path_by_default(proj, monkeypatch):
+    calls = _script(monkeypatch, [lambda ts: iter(_pushed(ts))])
+    events = _run(proj, _engine(store="classic"), to=["a.example.com/t"])
+    assert len(calls) == 1 and events[-1].destinations[0].via == "direct"
