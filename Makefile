@@ -5,15 +5,41 @@ IMAGEKIT := $(VENV)/bin/imagekit
 PYTEST   := $(VENV)/bin/pytest
 DEMO     ?= ocr-cpu
 
-.PHONY: install engine base demo test unit lint bench clean
+CONSTRAINTS := constraints.txt
+
+.PHONY: install constraints test-latest engine base demo test unit lint bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from constraints.txt: a new release of a dependency cannot
+# change what `make install` gives (pyproject.toml keeps open ranges for users).
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q --upgrade -c $(CONSTRAINTS) pip
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $@
+
+# Regenerate constraints.txt on purpose from the newest releases, in a scratch
+# venv (then `make install test` with it before committing the change).
+constraints:
+	rm -rf .venv.constraints
+	python3 -m venv .venv.constraints
+	.venv.constraints/bin/pip install -q --upgrade pip
+	.venv.constraints/bin/pip install -q -e '.[test]'
+	{ grep '^#' $(CONSTRAINTS); .venv.constraints/bin/pip freeze --all --exclude-editable \
+	  | grep -viE '^(setuptools|wheel)=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv.constraints
+	@git diff --stat -- $(CONSTRAINTS) 2>/dev/null || true
+
+# The unit tests against the newest releases, unconstrained, in .venv.latest:
+# what tomorrow's `make constraints` would bring.
+test-latest:
+	rm -rf .venv.latest
+	python3 -m venv .venv.latest
+	.venv.latest/bin/pip install -q --upgrade pip
+	.venv.latest/bin/pip install -q -e '.[test]'
+	.venv.latest/bin/pytest tests/unit -q -p no:cacheprovider
 
 engine:
 	@bash scripts/engine.sh
@@ -45,4 +71,4 @@ bench: base
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .imagekit
+	rm -rf $(VENV) .venv.latest .venv.constraints .imagekit

@@ -574,6 +574,21 @@ def inspect_(name: Annotated[str, typer.Argument(help="Image name (or any image 
 
 
 @app.command()
+def doctor() -> None:
+    """What to run first when something fails: the engine (where, version, image
+    store, builders, GPU), the project's base image and the wheelhouse, each
+    with a one-line fix where something is missing. Exit 5 when no engine answers."""
+    from .doctor import doctor as doctor_stage
+    from .errors import ConfigError
+    engine = Engine.connect(timeout=60)
+    try:
+        project, problem = state.project, ""
+    except ConfigError as e:
+        project, problem = None, e.lines()[0]
+    _show(doctor_stage(project, engine, config_problem=problem))
+
+
+@app.command()
 def version() -> None:
     """Print imagekit's version."""
     print(__version__)

@@ -21,6 +21,7 @@ from .events import (
     Cached,
     CatalogResult,
     Checked,
+    DoctorResult,
     Event,
     Failed,
     FetchResult,
@@ -283,6 +284,17 @@ class Display:
         self._table("imagekit compatibility matrix", [c.replace("_", " ") for c in cols],
                     [[getattr(row, c) for c in cols] for row in r.rows])
 
+    def _doctor(self, r: DoctorResult) -> None:
+        """One line per finding; under a wrong or missing one, its fix."""
+        width = max((len(c.name) for c in r.checks), default=6)
+        for c in r.checks:
+            self._line(f"{c.name:<{width}}  {c.found}", "" if c.ok else "yellow", always=True)
+            if c.fix:
+                self._line(f"{'':<{width}}  fix: {c.fix}", "yellow", always=True)
+        n = len(r.problems)
+        self._line("nothing to fix" if not n else f"{count(n, 'thing')} to fix (above)",
+                   "green" if not n else "yellow", always=True)
+
     def _table(self, title: str | None, columns: list[str], rows: list[list[str]]) -> None:
         if self.mode == "plain":
             if title:
@@ -368,5 +380,5 @@ RESULTS = {
     FetchResult: Display._fetch, BaseResult: Display._base, GraphResult: Display._graph,
     SmokeResult: Display._smoke, PushResult: Display._push, SaveResult: Display._save,
     LoadResult: Display._load, InspectResult: Display._inspect, CatalogResult: Display._catalog,
-    MatrixResult: Display._matrix,
+    MatrixResult: Display._matrix, DoctorResult: Display._doctor,
 }

@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -204,6 +206,58 @@ def _where() -> str:
     return endpoint()[0]
 
 
+# -- the docker CLI's buildx plugin (BuildKit builds), on this machine --------
+# Where the docker CLI looks for plugins besides $DOCKER_CONFIG/cli-plugins.
+CLI_PLUGIN_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
+                   "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins")
+_BUILDX_VERSION = re.compile(r"buildx\s+v?(\d[^\s]*)")
+
+
+@dataclass(frozen=True)
+class Buildx:
+    """The buildx plugin as the docker CLI finds it."""
+
+    version: str = ""          # "0.13.1+ds1"; empty when none answered
+    path: str = ""             # the plugin's file, where one was found
+    works: bool = False        # `docker buildx version` answered
+    problem: str = ""          # why not, one line
+
+
+def find_buildx(timeout: float = 10.0) -> Buildx:
+    """Run `docker buildx version` (with a time limit) and look for the plugin
+    file where the CLI looks: $DOCKER_CONFIG/cli-plugins (~/.docker/cli-plugins),
+    then the system folders. A plugin the CLI cannot run is asked directly."""
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    found = next((str(f) for d in (config / "cli-plugins", *map(Path, CLI_PLUGIN_DIRS))
+                  if (f := d / "docker-buildx").is_file() and os.access(f, os.X_OK)), "")
+    cli = shutil.which("docker")
+
+    def ask(cmd: list[str]) -> tuple[str, str]:
+        """(version, "") or ("", why not)."""
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return "", f"`{' '.join(cmd[-3:])}` did not answer within {timeout:g}s"
+        except OSError as e:
+            return "", f"cannot run {cmd[0]}: {e.strerror or e}"
+        m = _BUILDX_VERSION.search(p.stdout)
+        if p.returncode == 0 and m:
+            return m[1], ""
+        said = (p.stderr or p.stdout).strip().splitlines()
+        return "", said[0][:200] if said else f"`{' '.join(cmd)}` exited {p.returncode}"
+
+    why = "no docker CLI on PATH"
+    if cli:
+        version, why = ask([cli, "buildx", "version"])
+        if version:
+            return Buildx(version, found, True)
+    if found:
+        version, _ = ask([found, "version"])
+        return Buildx(version, found, False, f"{found} is there, but `docker buildx` fails: {why}")
+    return Buildx(problem=why)
+
+
 class Engine:
     """EngineAPI over docker-py's low-level client."""
 
@@ -231,7 +285,9 @@ class Engine:
             engine.sweep()       # what a process that died with the engine could not remove
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             reason = str(e).split("\n")[0]
-            if "Connection aborted" in reason or "No such file" in reason or "refused" in reason:
+            if "Permission denied" in reason:
+                reason = "permission denied: add your user to the docker group, or use sudo"
+            elif "Connection aborted" in reason or "No such file" in reason or "refused" in reason:
                 reason = "nothing listens there"
             raise EngineUnavailable(f"no Docker engine answers at {where} ({reason}); {HINT}") \
                 from None

@@ -364,6 +364,45 @@ class MatrixResult(StageResult):
 
 
 @dataclass
+class DoctorCheck:
+    """One line of `imagekit doctor`: what was found, and a one-line fix where
+    something is missing or wrong (ok False)."""
+
+    name: str                  # engine, version, store, builders, gpu, base, wheelhouse, config
+    found: str
+    ok: bool = True
+    fix: str = ""
+
+
+@dataclass
+class DoctorResult(StageResult):
+    """`imagekit doctor`: the engine and what builds need from this machine."""
+
+    stage: ClassVar[str] = "doctor"
+    where: str = ""            # the engine's endpoint
+    via: str = ""              # how it was found: "DOCKER_HOST", "context NAME", "default socket"
+    server_version: str = ""
+    api_version: str = ""
+    store: str = ""            # "classic" or "containerd"
+    storage_driver: str = ""
+    builders: list[str] = field(default_factory=list)   # "classic", "buildkit"
+    buildx: str = ""           # the buildx plugin's version; empty when `docker buildx` fails
+    buildx_path: str = ""
+    gpu_runtime: bool = False
+    cdi_gpus: int = 0
+    base_image: str = ""       # imagekit.toml [base] image; empty when there is none
+    base_present: bool = False
+    wheelhouse: str = ""       # empty when builds install from [pip] index_url
+    wheelhouse_bytes: int = 0  # on disk
+    free_bytes: int = 0        # free on the wheelhouse's disk
+    checks: list[DoctorCheck] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[DoctorCheck]:
+        return [c for c in self.checks if not c.ok]
+
+
+@dataclass
 class Checked(Event):
     """One image passed a check (validate, lint)."""
 

@@ -184,6 +184,7 @@ class FakeEngine:
     export   the bytes save() streams (in `chunk` pieces, `fail_with` raised at `fail_after`)
     load_error  the engine's refusal after reading a whole archive (EngineStreamError)
     store    the image store facts() reports: "classic" or "containerd"
+    engine_facts  what facts() answers instead (version, builders, GPU runtime, where)
     """
 
     def __init__(self, *, images: dict[str, ImageInfo] | None = None, gpu: bool = False,
@@ -191,10 +192,12 @@ class FakeEngine:
                  held: str | None = None, auths: dict[str, dict] | None = None,
                  export: bytes = b"", chunk: int = 65536, fail_after: int | None = None,
                  fail_with: BaseException | None = None, load_error: str | None = None,
-                 pullable: dict[str, ImageInfo] | None = None, store: str = "classic"):
+                 pullable: dict[str, ImageInfo] | None = None, store: str = "classic",
+                 engine_facts: EngineFacts | None = None):
         self.images: dict[str, ImageInfo] = dict(images or {})
         self.gpu = gpu
         self.store = store
+        self.engine_facts = engine_facts
         self.builds = builds
         self.pushes = pushes or {}
         self.held = held
@@ -264,6 +267,8 @@ class FakeEngine:
 
     def facts(self) -> EngineFacts:
         self._record("facts")
+        if self.engine_facts is not None:
+            return self.engine_facts
         return EngineFacts("fake://engine", server_version="26.1.5", api_version="1.45",
                            os="linux", arch="x86_64", store=self.store,
                            storage_driver="overlayfs" if self.store == "containerd" else "overlay2",

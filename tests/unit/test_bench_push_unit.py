@@ -69,9 +69,11 @@ def test_push_json_profile(run, bench):
     assert run.went_on(prof["warnings"]) == "33.6 MB"
 
 
-def test_push_json_refuses_an_engine_push(run, bench):
-    with pytest.raises(run.BenchError, match="own path"):
+def test_push_json_refuses_a_push_on_another_path_than_measured(run, bench):
+    with pytest.raises(run.BenchError, match="did not push via direct"):
         bench.push_json(stream([*EVENTS, result("engine")]))
+    with pytest.raises(run.BenchError, match="did not push via engine"):
+        bench.push_json(stream([*EVENTS, result("direct")]), via="engine")
 
 
 def test_went_on(run):

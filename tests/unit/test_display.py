@@ -20,6 +20,8 @@ from imagekit.events import (
     CatalogEntry,
     CatalogResult,
     Checked,
+    DoctorCheck,
+    DoctorResult,
     Failed,
     FetchResult,
     FrameworkReport,
@@ -82,6 +84,10 @@ RESULTS: dict[type, StageResult] = {r.__class__: r for r in [
     MatrixResult("", rows=[MatrixRow("pytorch", "2.13.0", "3.11", "torch==2.13.0", "torch==2.13.0",
                                      "12.4 / 9 (wheels)", "nvidia/cuda"),
                            MatrixRow("tensorflow", "1.6.0", refused="needs CUDA 9")]),
+    DoctorResult("", where="unix:///var/run/docker.sock", server_version="26.1.5",
+                 checks=[DoctorCheck("engine", "unix:///var/run/docker.sock (the default socket)"),
+                         DoctorCheck("base", "b:1: not in the engine", ok=False,
+                                     fix="imagekit base bootstrap")]),
 ]}
 
 PLAIN: dict[type, list[str]] = {
@@ -113,6 +119,10 @@ PLAIN: dict[type, list[str]] = {
                     "name\tframework\tdevice\tpython\tcuda\tparent\tjupyter\ttags\tdescription",
                     "x\tpytorch 2.13.0\tcpu\t3.11\t-\t-\t-\tv1\tdesc"],
     MatrixResult: ["imagekit compatibility matrix"],
+    DoctorResult: ["engine  unix:///var/run/docker.sock (the default socket)",
+                   "base    b:1: not in the engine",
+                   "        fix: imagekit base bootstrap",
+                   "1 thing to fix (above)"],
 }
 
 

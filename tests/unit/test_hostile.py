@@ -267,8 +267,13 @@ RAW_CASES = [
      b"  name: tensorflow\n", 3, ["duplicate key 'name'", "line 5"]),
     ("yaml-duplicate-env", b"name: bad\nframework: {name: pytorch, version: '2.13.0'}\n"
      b"env: {A: 1, A: 2}\n", 3, ["duplicate key 'A'"]),
+    # 10,000 levels: refused, by imagekit's MAX_DEPTH or first by the YAML
+    # library's own limit (libyaml's "exceeded maximum nesting depth"): assert
+    # imagekit's framing and the place, not the library's wording.
     ("yaml-deep-flow", b"name: bad\nenv: " + b"[" * 100_00 + b"]" * 100_00 + b"\n", 3,
-     ["nested deeper"]),
+     ["not valid YAML", "line 2"]),
+    ("yaml-deep-flow-40", b"name: bad\nenv: " + b"[" * 40 + b"]" * 40 + b"\n", 3,
+     ["nested deeper", "line 2"]),
     ("yaml-deep-block", b"name: bad\nenv:\n" + b"".join(b"  " * i + b"k:\n" for i in range(1, 60))
      + b"  " * 60 + b"v\n", 3, ["nested deeper"]),
     ("yaml-too-big", b"name: bad\ndescription: " + b"a" * 100_000 + b"\n", 3, ["bytes"]),
