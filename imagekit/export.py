@@ -62,6 +62,16 @@ def norm(name: str) -> str:
     return posixpath.normpath(name[2:] if name.startswith("./") else name).lstrip("/")
 
 
+def follow(links: Mapping[str, str], path: str) -> str:
+    """The member a (possibly symlinked) path names: engines write one layer
+    that appears twice as a link to the other."""
+    for _ in range(16):
+        if path not in links:
+            return path
+        path = links[path]
+    return path
+
+
 def compression_of(head: bytes) -> str:
     """'gzip', 'zstd' or '' (an uncompressed tar) from a blob's first bytes."""
     if head.startswith(GZIP_MAGIC):
@@ -367,12 +377,5 @@ class Watcher:
         else:
             self.small[self.name] = data
 
-    def resolve(self, path: str) -> str:
-        for _ in range(16):
-            if path not in self.links:
-                return path
-            path = self.links[path]
-        return path
-
     def layout(self) -> Layout:
-        return layout(self.small, self.resolve)
+        return layout(self.small, lambda p: follow(self.links, p))

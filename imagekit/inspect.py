@@ -126,11 +126,7 @@ def inspect(engine: EngineAPI, target: ImageTarget) -> Iterator[Event]:
             by_path[name] = _read_layer(_open_layer(f))
 
     def resolve(path: str) -> str:
-        for _ in range(16):
-            if path not in links:
-                return path
-            path = links[path]
-        return path
+        return export.follow(links, path)
 
     try:
         lay = export.layout(small, resolve)

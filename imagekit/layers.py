@@ -435,11 +435,7 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
         src.close()
 
     def resolve(path: str) -> str:
-        for _ in range(16):
-            if path not in links:
-                return path
-            path = links[path]
-        return path
+        return export.follow(links, path)
 
     try:
         lay = export.layout(small, resolve)
