@@ -153,6 +153,7 @@ class EngineAPI(Protocol):
 
     def gpu_capable(self) -> bool: ...
     def facts(self) -> EngineFacts: ...
+    def stored_compressed(self, ref: str) -> bool: ...
     def image(self, ref: str) -> ImageInfo | None: ...
     def tag(self, image: str, repository: str, tag: str) -> None: ...
     def remove_image(self, ref: str) -> None: ...
@@ -323,6 +324,26 @@ class Engine:
                 bool(major and int(major[1]) >= 23),
                 "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia", len(cdi))
         return self._facts
+
+    def stored_compressed(self, ref: str) -> bool:
+        """Whether the engine holds REF's layers compressed, so that its own push
+        compresses nothing. Only the containerd store keeps layers as they came:
+        gzip'd when built or pulled there, uncompressed when loaded from a
+        classic store's `docker save`. Its inspect `Size` is what it stores
+        (the blobs), its image list's `Size` adds the unpacked snapshots: stored
+        blobs well under the unpacked size mean compressed layers."""
+        if not self.facts().layers_stored_compressed:
+            return False
+        try:
+            raw = self.api.inspect_image(ref)
+            stored = int(raw.get("Size") or 0)
+            listed = [i for i in self.api.images(name=ref) if i.get("Id") == raw.get("Id")] or \
+                [i for i in self.api.images() if i.get("Id") == raw.get("Id")]
+            total = max((int(i.get("Size") or 0) for i in listed), default=0)
+        except (docker.errors.APIError, requests.exceptions.RequestException, ValueError):
+            return False
+        unpacked = total - stored
+        return stored > 0 and unpacked > 0 and stored < 0.8 * unpacked
 
     def image(self, ref: str) -> ImageInfo | None:
         try:

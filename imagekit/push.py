@@ -118,11 +118,14 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
 
     yield Info(name, f"pushing {src} ({image_id[:19]}) to "
                      f"{', '.join(d.ref for d in dests)}")
-    stored = via != "own" and fmt == "docker" and engine.facts().layers_stored_compressed
+    stored = via != "own" and fmt == "docker" and engine.stored_compressed(target.ref)
     if via == "auto" and stored:
         via = "engine"
         yield Info(name, "the engine keeps this image's layers compressed (containerd image "
                          "store): it pushes them as they are, with nothing to compress")
+    elif via == "auto" and fmt == "docker" and engine.facts().layers_stored_compressed:
+        yield Info(name, "the engine holds this image's layers uncompressed (loaded from a "
+                         "classic store's save?): imagekit compresses them on its own path")
     try:
         if via == "engine":
             done = yield from _through_engine(engine, name, image_id, dests, auths, retries,

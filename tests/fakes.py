@@ -197,6 +197,7 @@ class FakeEngine:
         self.images: dict[str, ImageInfo] = dict(images or {})
         self.gpu = gpu
         self.store = store
+        self.uncompressed: set[str] = set()   # images the containerd store holds uncompressed
         self.engine_facts = engine_facts
         self.builds = builds
         self.pushes = pushes or {}
@@ -264,6 +265,10 @@ class FakeEngine:
     def gpu_capable(self) -> bool:
         self._record("gpu_capable")
         return self.gpu
+
+    def stored_compressed(self, ref: str) -> bool:
+        self._record("stored_compressed", ref=ref)
+        return self.store == "containerd" and ref not in self.uncompressed
 
     def facts(self) -> EngineFacts:
         self._record("facts")

@@ -143,3 +143,15 @@ def test_classic_store_pushes_on_the_own_path_by_default(proj, monkeypatch):
     calls = _script(monkeypatch, [lambda ts: iter(_pushed(ts))])
     events = _run(proj, _engine(store="classic"), to=["a.example.com/t"])
     assert len(calls) == 1 and events[-1].destinations[0].via == "direct"
+
+
+def test_containerd_store_image_held_uncompressed_takes_the_own_path(proj, monkeypatch):
+    """Loaded from a classic store's save, its layers are stored uncompressed: the
+    engine would push them so; the own path compresses them."""
+    calls = _script(monkeypatch, [lambda ts: iter(_pushed(ts))])
+    eng = _engine(store="containerd")
+    eng.uncompressed.add("x:v1")
+    events = _run(proj, eng, to=["a.example.com/t"])
+    said = [e.message for e in events if isinstance(e, Info)]
+    assert len(calls) == 1 and events[-1].destinations[0].via == "direct"
+    assert any("uncompressed" in m for m in said)
