@@ -28,6 +28,7 @@ from helpers import REPO, Project, docker_cli, unique
 
 from imagekit import records
 from imagekit.config import load_project
+from imagekit.engine import identity_of
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
 # Test-only credentials, baked into the test registry's htpasswd (registry/Dockerfile).
@@ -116,8 +117,9 @@ def _tiny_project(tmp_path_factory, docker_api, *, smoke_passed: bool | None) ->
                        "push": {"repository": repo}})
     image_id = _build_tiny(docker_api, f"{name}:test")
     if smoke_passed is not None:
+        key = identity_of(docker_api.inspect_image(image_id))   # what records are keyed on
         records.write(load_project(project.root), records.BuildRecord(
-            image_id, name=name, framework="pytorch", version="2.13.0", device="cpu",
+            key, engine_id=image_id, name=name, framework="pytorch", version="2.13.0", device="cpu",
             smoke=records.SmokeMark(smoke_passed, "written by the test")))
     return Tiny(project, name, image_id, repo)
 
