@@ -50,7 +50,8 @@ def image_id(n: int) -> str:
 
 # -- docker save archives -------------------------------------------------------
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
+def tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    """A plain tar holding these (name, bytes) members, in this order."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in members:
@@ -68,7 +69,7 @@ def image_archive(repo_tags: list[str] | None = None, layers: list[dict[str, byt
     repo_tags = ["x:v1"] if repo_tags is None else repo_tags
     layers = [{"opt/data.bin": bytes(range(256)) * 1200}] if layers is None else layers
     created_by = created_by or [f"/bin/sh -c #(nop) step {i + 1}" for i in range(len(layers))]
-    layer_tars = [_tar(sorted(files.items())) for files in layers]
+    layer_tars = [tar_of(sorted(files.items())) for files in layers]
     diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in layer_tars]
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "config": {"Labels": labels or {}},
@@ -86,7 +87,7 @@ def image_archive(repo_tags: list[str] | None = None, layers: list[dict[str, byt
     manifest = [{"Config": f"{digest}.json", "RepoTags": repo_tags,
                  "Layers": [f"{d}/layer.tar" for d in dirs]}]
     members.append(("manifest.json", json.dumps(manifest).encode()))
-    return _tar(members), f"sha256:{digest}"
+    return tar_of(members), f"sha256:{digest}"
 
 
 def read_archive(data: bytes) -> tuple[list[str], str]:

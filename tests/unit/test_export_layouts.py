@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
-import tarfile
 
 import pytest
+from fakes import tar_of
 
 from imagekit import export
 from imagekit.errors import DirectPushUnsupported, PushError
@@ -30,13 +29,7 @@ def sha(data: bytes) -> str:
 
 
 def layer_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_of(list(files.items()))
 
 
 LAYERS = [layer_tar({"etc/os-release": b"ID=debian\n" * 300}),
@@ -118,13 +111,7 @@ def engine_export(layers: list[bytes], store: str, *, foreign: int | None = None
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name in sorted(files):           # engines write their export sorted by name
-            info = tarfile.TarInfo(name)
-            info.size = len(files[name])
-            t.addfile(info, io.BytesIO(files[name]))
-    return buf.getvalue()
+    return tar_of(sorted(files.items()))       # engines write their export sorted by name
 
 
 def chunks(data: bytes, size: int = 6000):
