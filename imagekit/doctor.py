@@ -17,10 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Project
-from .engine import Buildx, EngineAPI, EngineFacts, find_buildx
+from .engine import BUILDKIT_SINCE, Buildx, EngineAPI, EngineFacts, find_buildx
 from .events import DoctorCheck, DoctorResult, Event
 
-BUILDKIT_SINCE = 23      # Engine 23+ has BuildKit built in
 OCI_SAVE_SINCE = 25      # Engine 25+ writes an OCI layout with `docker save`
 LOW_DISK = 10 * 10**9    # a GPU image's wheels alone are about 6 GB
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")

@@ -37,6 +37,7 @@ from docker.types import DeviceRequest
 
 from .errors import EngineError, EngineStreamError, EngineUnavailable
 
+BUILDKIT_SINCE = 23      # Engine 23+ has BuildKit built in
 HINT = "start one with `make engine`, or point DOCKER_HOST at a running engine"
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
@@ -321,7 +322,7 @@ class Engine:
                 str(info.get("Architecture") or ver.get("Arch") or ""),
                 "containerd" if status.get("driver-type") == "io.containerd.snapshotter.v1"
                 else "classic", str(info.get("Driver") or ""),
-                bool(major and int(major[1]) >= 23),
+                bool(major and int(major[1]) >= BUILDKIT_SINCE),
                 "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia", len(cdi))
         return self._facts
 

@@ -81,14 +81,6 @@ def compression_of(head: bytes) -> str:
     return ""
 
 
-def compression_of_type(media_type: str) -> str:
-    if media_type.endswith(("+gzip", ".tar.gzip")):
-        return "gzip"
-    if media_type.endswith("+zstd"):
-        return "zstd"
-    return ""
-
-
 def is_foreign(media_type: str) -> bool:
     return media_type in FOREIGN or ".foreign." in media_type or ".nondistributable." in media_type
 
@@ -102,10 +94,6 @@ class LayerRef:
     digest: str = ""      # sha256 of its bytes as stored ("" when the layout does not say)
     size: int = 0
     diff_id: str = ""     # sha256 of the uncompressed tar, from the config
-
-    @property
-    def compression(self) -> str:
-        return compression_of_type(self.media_type)
 
     @property
     def foreign(self) -> bool:

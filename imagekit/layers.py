@@ -84,6 +84,7 @@ class Blob:
     raw_size: int = 0      # bytes imagekit compressed into it (0 for a blob sent as stored)
     source: str = ""       # its entry in the export
     stored: bool = False   # sent as the engine stored it (already compressed)
+    compression: str = ""  # of a stored blob, from its first bytes: gzip | zstd
 
     def open(self) -> IO[bytes]:
         if self.data is not None:
@@ -338,7 +339,7 @@ def compress_layer(read: Callable[[int], bytes], path: Path, fmt: Format, source
 LAYER_TAR = re.compile(r"^[^/]+/layer\.tar$")
 
 
-def _stored(read: Callable[[int], bytes], path: Path, source: str, total: int,
+def _stored(read: Callable[[int], bytes], path: Path, source: str, total: int, compression: str,
             progress: Callable[[Compressing], None] | None = None,
             cancel: threading.Event | None = None) -> Blob:
     """Spool a layer the engine stored compressed, byte for byte (its digest
@@ -354,10 +355,14 @@ def _stored(read: Callable[[int], bytes], path: Path, source: str, total: int,
     finally:
         spool.close()
     return Blob(f"sha256:{spool.hash.hexdigest()}", spool.bytes, "", path=path, source=source,
-                stored=True)
+                stored=True, compression=compression)
 
 
-def _early_foreign(name: str, data: bytes) -> None:
+FOREIGN = ("the image has foreign (non-distributable) layers, which imagekit's own push path "
+           "does not upload")
+
+
+def _early_foreign(data: bytes) -> None:
     """An image manifest passing by with a foreign layer: stop before more is
     compressed (the OCI layout's manifests come among the blobs)."""
     try:
@@ -367,8 +372,7 @@ def _early_foreign(name: str, data: bytes) -> None:
     if isinstance(doc, dict) and isinstance(doc.get("layers"), list) and \
             any(isinstance(x, dict) and export.is_foreign(str(x.get("mediaType") or ""))
                 for x in doc["layers"]):
-        raise DirectPushUnsupported("the image has foreign (non-distributable) layers, which "
-                                    "imagekit's own push path does not upload")
+        raise DirectPushUnsupported(FOREIGN)
 
 
 def _layer_type(compression: str, fmt: Format) -> str:
@@ -413,7 +417,7 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
             if export.wants(name, m.size, first[:1]):
                 small[name] = first + read(m.size)
                 if export.BLOB.match(name):
-                    _early_foreign(name, small[name])
+                    _early_foreign(small[name])
                 continue
             if not is_layer:
                 continue
@@ -424,8 +428,9 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
             def read_layer(k: int, _read=read, _p=pending) -> bytes:
                 return _p.pop() if _p else _read(k)
 
-            if export.compression_of(first):
-                blob = _stored(read_layer, workdir / f"layer-{n}", name, m.size, emit, cancel)
+            if kind := export.compression_of(first):
+                blob = _stored(read_layer, workdir / f"layer-{n}", name, m.size, kind, emit,
+                               cancel)
             else:
                 blob = compress_layer(read_layer, workdir / f"layer-{n}", fmt, name, m.size,
                                       emit, cancel)
@@ -444,15 +449,13 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
             raise DirectPushUnsupported(e.message) from None
         raise PushError(f"the engine's export: {e.message}") from None
     if any(x.foreign for x in lay.layers):
-        raise DirectPushUnsupported("the image has foreign (non-distributable) layers, which "
-                                    "imagekit's own push path does not upload")
+        raise DirectPushUnsupported(FOREIGN)
     if expect_diff_ids is not None and list(expect_diff_ids) and \
             lay.diff_ids != list(expect_diff_ids):
         raise PushError(f"the export holds image {lay.config_digest[:19]}, whose layers are not "
                         "the ones the engine reports for the image asked for")
     config_bytes = small[resolve(lay.config_path)]
-    if any(layers[p].stored and export.compression_of_type(x.media_type) == "zstd"
-           for x in lay.layers if (p := resolve(x.path)) in layers) and fmt.name == "docker":
+    if fmt.name == "docker" and any(b.compression == "zstd" for b in layers.values()):
         fmt = FORMATS["oci"]           # a zstd layer has no Docker media type
     config = Blob(lay.config_digest, len(config_bytes), fmt.config, data=config_bytes,
                   source=lay.config_path)
@@ -474,17 +477,10 @@ def read_export(chunks: Iterable[bytes], workdir: Path, fmt: Format, *,
             if x.digest and blob.digest != x.digest:
                 raise PushError(f"layer {x.path} of the export does not match its digest "
                                 f"{x.digest[:19]}: the export is corrupt")
-            blob.media_type = _layer_type(export.compression_of_type(x.media_type) or
-                                          ("zstd" if blob.path and _is_zstd(blob.path) else "gzip"),
-                                          fmt)
+            blob.media_type = _layer_type(blob.compression, fmt)
             blob.diff_id = x.diff_id
         elif blob.diff_id != x.diff_id:
             raise PushError(f"layer {x.path} of the export is not the one its config lists "
                             f"({blob.diff_id[:19]}, not {x.diff_id[:19]})")
         ordered.append(blob)
     return Image(config, ordered, fmt, lay.repo_tags)
-
-
-def _is_zstd(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return export.compression_of(f.read(4)) == "zstd"

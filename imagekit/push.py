@@ -164,18 +164,20 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
 
     by_dest = {x.dest: x for x in done}
     records.add_pushed(project, target.key, [f"{d.repo}@{by_dest[d].digest}" for d in dests])
-    direct_done = [x for x in done if x.via == "direct" and x.error is None]
-    if not direct_done and stored:     # the engine sent its stored (compressed) layers
-        direct_done = [Done(dests[0], bytes_compressed=0,
-                            layers_as_stored=len(set(target.image.diff_ids)) or None)]
+    own = next((x for x in done if x.via == "direct"), None)
+    if own is not None:
+        compressed, as_stored = own.bytes_compressed, own.layers_as_stored
+    elif stored:                       # the engine sent its stored (compressed) layers
+        compressed, as_stored = 0, len(set(target.image.diff_ids)) or None
+    else:                              # the engine compressed what it sent: not known here
+        compressed = as_stored = None
     yield PushResult(name, image_id=image_id, source=src,
                      smoke_gate="on" if smoke_gate else "off", smoke_passed=passed,
                      destinations=[PushedDestination(
                          d.ref, d.repo, d.tag, by_dest[d].digest, f"{d.repo}@{by_dest[d].digest}",
                          by_dest[d].attempts, by_dest[d].seconds, by_dest[d].via,
                          by_dest[d].bytes_sent) for d in dests],
-                     bytes_compressed=direct_done[0].bytes_compressed if direct_done else None,
-                     layers_as_stored=direct_done[0].layers_as_stored if direct_done else None)
+                     bytes_compressed=compressed, layers_as_stored=as_stored)
 
 
 def _untag(engine: EngineAPI, dests: list[Destination]) -> bool:

@@ -48,7 +48,8 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
                                     format=fmt, expect_diff_ids=diff_ids, retries=min(retries, 4),
                                     backoff=backoff / 2, sleep=sleep):
                 if isinstance(ev, Compressing):
-                    yield Progress(name, f"layer {ev.source[:19]}", ev.done, ev.total, "compressing")
+                    yield Progress(name, f"layer {ev.source[:19]}", ev.done, ev.total,
+                                   "reading" if ev.stored else "compressing")
                 elif isinstance(ev, registry.BlobProgress):
                     d = by_ref[ev.target]
                     yield Progress(name, f"{d.where} {ev.digest[7:19]}", ev.sent, ev.total,
