@@ -17,8 +17,7 @@ from typing import Annotated
 
 import typer
 
-from . import __version__, base, fetch, graph, matrix, records, reference, targets
-from . import smoke as smoke_stage
+from . import __version__, matrix, records, reference, targets
 from .config import Project, load_project
 from .display import Display, error, out
 from .engine import Engine
@@ -36,7 +35,6 @@ from .events import (
     Problem,
     Skipped,
 )
-from .render import render as render_plan
 from .spec import Device, Framework, Plan
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -216,6 +214,7 @@ def validate(names: Names = None) -> None:
 def render(name: Annotated[str, typer.Argument(help="Image name.")]) -> None:
     """Print the Dockerfile rendered from a spec (nothing is built)."""
     project = state.project
+    from .render import render as render_plan
     sys.stdout.write(render_plan(project.catalog.resolve(name), project))
 
 
@@ -268,6 +267,7 @@ def lint(names: Names = None, all_: AllOpt = False) -> None:
 def fetch_(names: Names = None, all_: AllOpt = False) -> None:
     """Download the images' Python packages into the wheelhouse (host pip); what
     a machine with no network needs before `imagekit build`."""
+    from . import fetch
     project = state.project
     plans = _plans(project, _names(project, names, all_))
     _show(itertools.chain.from_iterable(fetch.fetch(p, project) for p in plans))
@@ -289,6 +289,8 @@ def build(
     """Render and build images (and their catalog parents, first) through the
     Docker engine, independent ones in parallel, with live progress. Python
     wheels and the base image are brought first when missing."""
+    from . import base, fetch, graph
+    from . import smoke as smoke_stage
     project = state.project
     plans = _plans(project, _names(project, names, all_))
     engine = Engine.connect()
@@ -361,6 +363,7 @@ def smoke(
 ) -> None:
     """Run a short real training inside built images (or any image the engine
     holds) and judge it."""
+    from . import smoke as smoke_stage
     from .gpu import platform
     from .ship import ship
     project = state.project
@@ -414,6 +417,7 @@ def base_bootstrap(
     force: Annotated[bool, typer.Option("--force", help="Make it again even if present.")] = False,
 ) -> None:
     """Make the base image named in imagekit.toml [base] with debootstrap (no registry)."""
+    from . import base
     project = state.project
     _show(base.bootstrap(project, Engine.connect(), force=force))
 
@@ -643,3 +647,22 @@ def main() -> None:
               "traceback)", as_json=as_json, code=1)
         code = 1
     sys.exit(code)
+
+
+def run() -> None:
+    """The `imagekit` command: main(), then out at once. Every stage has closed
+    what it opened by then (files, containers, temporary folders); what is
+    left is the interpreter taking its modules apart, about 0.1 s that a user
+    waits for after the result (a push of a stored image takes seconds)."""
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):         # a closed pipe: nothing more can be said
+        pass
+    os._exit(code)
+

@@ -49,7 +49,6 @@ from .errors import (
     UsageError,
 )
 from .events import Event, Info, PushedDestination, PushResult, Warn
-from .push_direct import direct
 from .push_engine import classify, via_engine  # noqa: F401 - classify: the retry rule
 from .targets import ImageTarget
 
@@ -131,6 +130,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
             done = yield from _through_engine(engine, name, image_id, dests, auths, retries,
                                               backoff, sleep, secrets)
         else:
+            from .push_direct import direct  # the own path's modules, only when it runs
             done, fallback, why = yield from direct(engine, name, image_id,
                                                     list(target.image.diff_ids), dests, auths,
                                                     fmt=fmt, retries=retries, backoff=backoff,

@@ -144,3 +144,40 @@ def test_130_interrupted_is_one_line(monkeypatch, capsys, project: Project):
     assert code == 130
     [line] = err.strip().splitlines()
     assert json.loads(line)["exit_code"] == 130
+
+
+class _Exited(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def test_the_command_exits_with_mains_code_after_flushing(monkeypatch, capsys, project: Project):
+    """`imagekit` (cli.run) ends the process with main()'s exit code, its
+    output flushed; a bug under IMAGEKIT_DEBUG still raises (its traceback)."""
+    from imagekit import cli
+
+    def exit_(code):
+        raise _Exited(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_)
+    monkeypatch.setattr(sys, "argv", ["imagekit", "-C", str(project.root), "version"])
+    with pytest.raises(_Exited) as ended:
+        cli.run()
+    assert ended.value.code == 0
+    assert capsys.readouterr().out.strip() == cli.__version__
+    monkeypatch.setattr(sys, "argv", ["imagekit", "-C", str(project.root), "push", "--username",
+                                      "u"])
+    with pytest.raises(_Exited) as ended:
+        cli.run()
+    assert ended.value.code == 2
+    assert "--username needs --password-stdin" in capsys.readouterr().err
+
+    def broken(*a, **k):
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(cli, "load_project", broken)
+    monkeypatch.setenv("IMAGEKIT_DEBUG", "1")
+    monkeypatch.setattr(sys, "argv", ["imagekit", "-C", str(project.root), "list"])
+    with pytest.raises(RuntimeError, match="planted bug"):
+        cli.run()
