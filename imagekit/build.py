@@ -1,7 +1,10 @@
-"""Build stage: render the plan, pack a minimal build context, build one image
-through the engine, and turn the engine's build items into events. Records
-each build (image ID, spec digest, log) with records.write. Building many
-images, parents first and in parallel, is graph.py's job."""
+"""Build stage: render the plan for the builder, pack a minimal build context,
+build one image with it (the engine's classic builder, or BuildKit through
+buildx), and turn the builder's items into events. The classic builder gets
+the wheelhouse served on 127.0.0.1 and the host's network; BuildKit gets the
+image's wheel set as the `wheels` build context and no network. Records each
+build (image ID, spec digest, log) with records.write. Building many images,
+parents first and in parallel, is graph.py's job."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from collections.abc import Iterator
 from . import fetch, records
 from .config import Project
 from .context import context_tar
-from .engine import BuildCached, BuildDone, BuildOutput, BuildStep, EngineAPI
+from .engine import BuildCached, BuildDone, Builder, BuildOutput, BuildStep, ClassicBuilder, EngineAPI
 from .errors import BuildError, EngineStreamError, Interrupted
 from .events import Built, Cached, Event, Info, Log, Step
 from .render import render
@@ -22,12 +25,16 @@ from .spec import Plan
 TAIL_LINES = 15
 
 
-def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False) \
-        -> Iterator[Event]:
-    """Build one image (its parent must exist already). Yields events; the
-    last one is Built. Raises BuildError with the failing step and log tail."""
+def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False,
+          builder: Builder | None = None) -> Iterator[Event]:
+    """Build one image with `builder` (default: the engine's classic builder);
+    its parent must exist already where the builder's images land. Yields
+    events; the last one is Built. Raises BuildError with the failing step
+    and log tail."""
     name = plan.name
-    dockerfile = render(plan, project)
+    builder = builder or ClassicBuilder(engine)
+    engine = builder.engine             # where the image lands (another engine's builder: there)
+    dockerfile = render(plan, project, builder.kind)
     ctx = context_tar(dockerfile, plan.spec.code_dir)
     refs = [plan.spec.image_ref(t) for t in plan.spec.model.tags]
     logs_dir = project.state_dir / "logs"
@@ -42,12 +49,15 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     step, total, instruction, cached, image_id = 0, 0, "", 0, None
     with contextlib.ExitStack() as stack, log_path.open("w") as log:
-        network = None
-        if project.wheelhouse is not None:
+        network, contexts = None, {}
+        if project.wheelhouse is not None and builder.kind == "classic":
             stack.enter_context(fetch.serve(project.wheelhouse, project.config.pip.port))
             network = "host"
+        elif project.wheelhouse is not None:
+            contexts = {"wheels": fetch.wheel_set(plan, project)}
         try:
-            for item in engine.build(ctx, refs[0], network_mode=network, nocache=nocache):
+            for item in builder.build(ctx, refs[0], network_mode=network, nocache=nocache,
+                                      contexts=contexts):
                 if isinstance(item, BuildStep):
                     log.write(f"Step {item.index}/{item.total} : {item.instruction}\n")
                     step, total, instruction = item.index, item.total, item.instruction

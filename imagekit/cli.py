@@ -21,7 +21,16 @@ from . import __version__, matrix, records, reference, targets
 from .config import Project, load_project
 from .display import Display, error, out
 from .engine import Engine
-from .errors import ImagekitError, Interrupted, PushError, SaveError, SmokeError, SpecError, UsageError
+from .errors import (
+    EngineUnavailable,
+    ImagekitError,
+    Interrupted,
+    PushError,
+    SaveError,
+    SmokeError,
+    SpecError,
+    UsageError,
+)
 from .events import (
     CatalogEntry,
     CatalogResult,
@@ -83,6 +92,22 @@ Targets = Annotated[list[str] | None, typer.Argument(
     help="Catalog names or image references the engine holds (default: what the last "
     "`imagekit build` made).", show_default=False)]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every image in the catalog.")]
+BuilderOpt = Annotated[str | None, typer.Option(
+    "--builder", metavar="classic|buildkit|NAME", help="classic: the engine's classic builder; "
+    "buildkit: the engine's BuildKit through buildx; NAME: that buildx builder (`docker buildx "
+    "ls`), on this engine or another. Default: [build] builder in imagekit.toml, else BuildKit "
+    "where the engine has it and buildx is installed, else classic.")]
+
+
+def _builder(choose, engine, requested: str):
+    """The chosen builder, or a usage error (exit 2) naming what is missing."""
+    from .errors import EngineError
+    try:
+        return choose(engine, requested)
+    except EngineUnavailable:
+        raise
+    except EngineError as e:
+        raise UsageError(f"builder: {e.message}") from None
 
 
 class State:
@@ -211,11 +236,27 @@ def validate(names: Names = None) -> None:
 
 
 @app.command()
-def render(name: Annotated[str, typer.Argument(help="Image name.")]) -> None:
-    """Print the Dockerfile rendered from a spec (nothing is built)."""
+def render(name: Annotated[str, typer.Argument(help="Image name.")],
+           builder_name: BuilderOpt = None) -> None:
+    """Print the Dockerfile rendered from a spec for the builder `imagekit build`
+    would use (or --builder's): nothing is built."""
     project = state.project
     from .render import render as render_plan
-    sys.stdout.write(render_plan(project.catalog.resolve(name), project))
+    plan = project.catalog.resolve(name)
+    sys.stdout.write(render_plan(plan, project, _builder_kind(builder_name or
+                                                                project.config.build.builder)))
+
+
+def _builder_kind(requested: str) -> str:
+    """"classic" or "buildkit": the Dockerfile a build with `requested` gets."""
+    if requested in ("classic", "buildkit"):
+        return requested
+    from .engine import choose
+    try:
+        return _builder(choose, Engine.connect(timeout=10), requested).kind
+    except EngineUnavailable:      # no engine to ask: what this machine's buildx could do
+        from .engine import find_buildx
+        return "buildkit" if requested != "auto" or find_buildx().works else "classic"
 
 
 DriverOpt = Annotated[str | None, typer.Option(
@@ -285,15 +326,19 @@ def build(
         "--include-gpu", help="With --all: also GPU images when the engine has no GPU.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Build every layer anew.")] = False,
     network: NetworkOpt = False,
+    builder_name: BuilderOpt = None,
 ) -> None:
     """Render and build images (and their catalog parents, first) through the
     Docker engine, independent ones in parallel, with live progress. Python
     wheels and the base image are brought first when missing."""
     from . import base, fetch, graph
     from . import smoke as smoke_stage
+    from .engine import choose
     project = state.project
     plans = _plans(project, _names(project, names, all_))
-    engine = Engine.connect()
+    local = Engine.connect()
+    builder = _builder(choose, local, builder_name or project.config.build.builder)
+    engine = builder.engine            # where the images land: another engine's builder's, there
     left_out = []
     if all_ and not include_gpu and not engine.gpu_capable():
         left_out = [p for p in plans if p.device == "gpu"]
@@ -313,10 +358,12 @@ def build(
                                  platform=platform(None, None, project.config.platform))
 
     def stages() -> Iterator[Event]:
+        yield Info("", f"builder: {builder.name} ({builder.reason})")
         for p in left_out:
             yield Skipped(p.name, gpu_note)
         for ev in graph.build_graph(plans, project, engine, jobs=jobs, nocache=no_cache,
-                                    before=before, after=after if smoke else None):
+                                    before=before, after=after if smoke else None,
+                                    builder=builder):
             if isinstance(ev, GraphResult):
                 ev.images.update({p.name: ImageOutcome("skipped", gpu_note) for p in left_out})
                 outcome.update(ev.images)

@@ -74,6 +74,14 @@ class PlatformSection(_Strict):
     gpu_arch: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,20}$")]] = []
 
 
+class BuildSection(_Strict):
+    """How images are built: "auto" (BuildKit where the engine has it and
+    buildx is installed, else classic), "classic", "buildkit", or the name
+    of a buildx builder (`docker buildx ls`)."""
+
+    builder: str = Field("auto", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 class AptSection(_Strict):
     mirror: Url | None = None
 
@@ -83,6 +91,7 @@ class ConfigModel(_Strict):
     base: BaseSection = BaseSection()
     pip: PipSection = PipSection()
     apt: AptSection = AptSection()
+    build: BuildSection = BuildSection()
     platform: PlatformSection = PlatformSection()
     state_dir: HostPath = ".imagekit"
     templates_dir: HostPath | None = None

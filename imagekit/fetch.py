@@ -453,6 +453,53 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def wheel_set(plan: Plan, project: Project) -> Path | None:
+    """The wheels this image installs, alone in a folder of hard links into the
+    wheelhouse (wheelhouse/.imagekit/sets/KEY, KEY the requirement set's
+    digest): what a BuildKit build gets as its `wheels` build context. The
+    same set gives the same folder and the same files, so BuildKit's context
+    cache keeps them between builds whatever the wheelhouse's path. None
+    without a wheelhouse (builds then install from [pip] index_url). Call
+    after `ensure`; raises FetchError when the set was never resolved."""
+    wheelhouse = project.wheelhouse
+    if wheelhouse is None:
+        return None
+    w = wanted(plan, project)
+    try:
+        data = json.loads(_stamp_path(wheelhouse, w.key()).read_text())
+        files = [str(f) for f in data["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FetchError(f"{plan.name}: the wheelhouse ({wheelhouse}) has no resolved set for "
+                         f"it; run `imagekit fetch {plan.name}`") from None
+    sets = wheelhouse / META / "sets"
+    final = sets / w.key()
+    if all((final / Path(f).name).is_file() for f in files):
+        return final
+    sets.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{w.key()}-", dir=sets))
+    try:
+        for f in files:
+            src, dest = wheelhouse / f, tmp / Path(f).name
+            try:
+                os.link(src, dest)
+            except OSError:           # another file system, or links not allowed: a copy
+                try:
+                    shutil.copy2(src, dest)
+                except OSError as e:
+                    raise FetchError(f"{plan.name}: cannot put {f} in the build's wheel set "
+                                     f"({e.strerror or e}) in {sets}") from None
+        shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:               # another process made it at the same moment
+            if not all((final / Path(f).name).is_file() for f in files):
+                raise FetchError(f"{plan.name}: cannot make the build's wheel set in "
+                                 f"{sets}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # no access log on the terminal
         pass

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 from .build import build
 from .config import Project
-from .engine import EngineAPI
+from .engine import Builder, EngineAPI
 from .errors import ImagekitError, Interrupted
 from .events import Event, Failed, GraphResult, ImageOutcome, Skipped
 from .spec import Plan
@@ -38,7 +38,7 @@ def order(plans: list[Plan]) -> list[Plan]:
 
 def build_graph(plans: list[Plan], project: Project, engine: EngineAPI, *, jobs: int = 2,
                 before: After | None = None, after: After | None = None,
-                nocache: bool = False) -> Iterator[Event]:
+                nocache: bool = False, builder: Builder | None = None) -> Iterator[Event]:
     """Build plans and their ancestors in dependency order, independent ones in
     parallel (up to `jobs`). `before(plan)` may yield events before an image
     is built (bringing its wheels and base), `after(plan)` after it (the smoke
@@ -59,7 +59,8 @@ def build_graph(plans: list[Plan], project: Project, engine: EngineAPI, *, jobs:
 
     def work(plan: Plan) -> None:
         try:
-            stages = [before, lambda p: build(p, project, engine, nocache=nocache), after]
+            stages = [before, lambda p: build(p, project, engine, nocache=nocache,
+                                              builder=builder), after]
             for stage in stages:          # each started only when the one before it ended
                 for ev in stage(plan) if stage else ():
                     if cancel.is_set():

@@ -14,8 +14,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import export
-from .engine import EngineAPI
+from .engine import EngineAPI, export
 from .errors import EngineError
 from .events import Event, InspectResult, LayerReport, WastedPath
 from .targets import ImageTarget

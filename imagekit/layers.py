@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from . import export
 from .archive import COMPRESS_ERRORS, GzipStream
+from .engine import export
 from .errors import DirectPushUnsupported, Interrupted, PushError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

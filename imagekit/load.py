@@ -29,9 +29,9 @@ from pathlib import Path
 
 from .archive import sidecars
 from .engine import EngineAPI
+from .engine.export import ExportError, Layout, Watcher
 from .errors import ImagekitError, Interrupted, LoadError
 from .events import Event, Info, LoadResult, Progress
-from .export import ExportError, Layout, Watcher
 
 CHUNK = 4 * 1024 * 1024
 PROGRESS_EVERY = 0.25

@@ -1,5 +1,9 @@
 """Render stage: a resolved spec -> Dockerfile text. A pure function of the
-plan and the project config: the same inputs give the same bytes."""
+plan, the project config and the builder kind: the same inputs give the same
+bytes. The classic builder's Dockerfile installs from the wheelhouse served
+on 127.0.0.1 (host network); BuildKit's mounts the wheels as a build context
+into the install steps and runs every RUN step but the system packages'
+with no network, so no port is in it."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from .errors import SpecError
 from .spec import PLATFORM_MOUNTS, Plan, display_path
 
 WHEELHOUSE_HOST = "127.0.0.1"
+WHEELS_MOUNT = "/wheels"          # where a BuildKit build's RUN steps see the `wheels` context
+BUILDERS = ("classic", "buildkit")
 
 
 def _dq(value: object) -> str:
@@ -45,8 +51,10 @@ def environment(project: Project) -> jinja2.Environment:
     return env
 
 
-def pip_options(project: Project) -> str:
+def pip_options(project: Project, builder: str = "classic") -> str:
     pip = project.config.pip
+    if project.wheelhouse is not None and builder == "buildkit":
+        return f"--no-index --find-links {WHEELS_MOUNT} "
     if project.wheelhouse is not None:
         return (f"--no-index --find-links http://{WHEELHOUSE_HOST}:{pip.port}/ "
                 f"--trusted-host {WHEELHOUSE_HOST} ")
@@ -82,7 +90,22 @@ def labels(plan: Plan) -> dict[str, str]:
     return out
 
 
-def context(plan: Plan, project: Project) -> dict:
+def run_prefixes(project: Project, builder: str) -> tuple[str, str]:
+    """(`run`, `run_pip`): how a RUN step starts that needs no network, and
+    one that installs Python packages. With BuildKit both run with no
+    network; the install step gets the wheels bind-mounted from the `wheels`
+    build context (or, with [pip] index_url and no wheelhouse, the network
+    that index needs). The classic builder has no such flags: its builds get
+    the host's network, to reach the wheelhouse served on 127.0.0.1."""
+    if builder != "buildkit":
+        return "RUN", "RUN"
+    if project.wheelhouse is None:
+        return "RUN --network=none", "RUN"
+    return ("RUN --network=none",
+            f"RUN --mount=type=bind,from=wheels,target={WHEELS_MOUNT} --network=none")
+
+
+def context(plan: Plan, project: Project, builder: str = "classic") -> dict:
     m = plan.spec.model
     v = plan.variant
     child = plan.parent is not None
@@ -100,7 +123,11 @@ def context(plan: Plan, project: Project) -> dict:
         apt += extra
         reasons.append("from the spec")
     offline = project.wheelhouse is not None
+    run, run_pip = run_prefixes(project, builder)
     return {
+        "builder": builder,
+        "run": run,
+        "run_pip": run_pip,
         "imagekit_version": __version__,
         "spec_path": f"images/{plan.name}/image.yaml",
         "from_image": project.map_base(plan.base_image),
@@ -115,7 +142,7 @@ def context(plan: Plan, project: Project) -> dict:
         "apt": apt,
         "apt_reason": ", ".join(reasons),
         "apt_mirror": project.config.apt.mirror,
-        "pip_opts": pip_options(project),
+        "pip_opts": pip_options(project, builder),
         "framework_pip": list(v.pip),
         "framework_index": None if offline else v.pip_index,
         "jupyter_pip": matrix.jupyter_pip(),
@@ -132,11 +159,14 @@ def context(plan: Plan, project: Project) -> dict:
     }
 
 
-def render(plan: Plan, project: Project) -> str:
+def render(plan: Plan, project: Project, builder: str = "classic") -> str:
+    """The Dockerfile `builder` ("classic" or "buildkit") gets for this plan."""
+    if builder not in BUILDERS:
+        raise ValueError(f"builder {builder!r}")
     env = environment(project)
     try:
         template = env.get_template("Dockerfile.j2")
-        text = template.render(context(plan, project))
+        text = template.render(context(plan, project, builder))
     except jinja2.TemplateNotFound as e:
         where = " or ".join(display_path(d) for d in project.template_dirs)
         raise SpecError(f"template {e.name} not found in {where}") from None

@@ -43,9 +43,9 @@ from . import __version__, records
 from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sidecars
 from .config import Project
 from .engine import EngineAPI
+from .engine.export import ExportError, Watcher
 from .errors import DiskFullError, ImagekitError, Interrupted, SaveError, UsageError
 from .events import Event, Info, Progress, SaveResult
-from .export import ExportError, Watcher
 from .targets import ImageTarget
 
 FORMATS = {"zip": "zip", "zip-compat": "zip", "tar": "tar", "gz": "tar.gz"}

@@ -294,7 +294,7 @@ def cli_dirs(tmp_path, monkeypatch):
     bin_.mkdir()
     monkeypatch.setenv("PATH", str(bin_))
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    monkeypatch.setattr("imagekit.engine.CLI_PLUGIN_DIRS", ())
+    monkeypatch.setattr("imagekit.engine.buildx.CLI_PLUGIN_DIRS", ())
     return bin_, config
 
 

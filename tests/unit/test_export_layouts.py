@@ -2,7 +2,7 @@
 engine writes it: the legacy layout of Engine 20.10, the OCI layout of Engine
 25+ on the classic store (uncompressed blobs, LayerSources for every layer),
 and on the containerd store (gzip blobs as stored, a nested index with an
-attestation manifest). One reader (imagekit.export) serves push (layers.py),
+attestation manifest). One reader (imagekit.engine.export) serves push (layers.py),
 save/load (Watcher) and inspect."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import pytest
 from fakes import tar_of
 
-from imagekit import export
+from imagekit.engine import export
 from imagekit.errors import DirectPushUnsupported, PushError
 from imagekit.layers import FORMATS, read_export
 

@@ -15,9 +15,9 @@ from fakes import FakeEngine, image_archive
 
 from imagekit import load as load_stage
 from imagekit.archive import sidecars
+from imagekit.engine.export import Watcher
 from imagekit.errors import LoadError
 from imagekit.events import LoadResult
-from imagekit.export import Watcher
 from imagekit.load import _SourceFailed, archive_image, sniff
 
 LAYERS = [{"opt/a.bin": bytes(range(256)) * 400}, {"opt/b.bin": b"\1" * 90_000}]

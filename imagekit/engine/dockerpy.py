@@ -1,13 +1,9 @@
-"""The one module that talks to the Docker engine and knows its wire format.
-
-`EngineAPI` is the seam: what the stages need from an engine (build, run and
-logs, push, save/load, image facts, GPU capability), described as a Protocol
-that a second implementation (a BuildKit one, a test fake) can satisfy.
-`Engine` implements it with docker-py's low-level API. Streams are decoded
-here into the small typed items below (build steps, layer progress, loaded
-refs); docker errors become imagekit's own (`raise ... from`), and an error
-reported inside a stream becomes `EngineStreamError` with the engine's words.
-Nothing here prints."""
+"""`Engine`: the engine seam (types.EngineAPI) over docker-py's low-level
+client, the one module that talks to the Docker API and knows its wire
+format. Streams are decoded here into the seam's typed items (build steps,
+layer progress, loaded refs); docker errors become imagekit's own (`raise
+... from`), and an error reported inside a stream becomes
+`EngineStreamError` with the engine's words. Nothing here prints."""
 
 from __future__ import annotations
 
@@ -16,16 +12,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import subprocess
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import docker
 import docker.auth
@@ -35,10 +28,24 @@ import requests.exceptions
 import urllib3.exceptions
 from docker.types import DeviceRequest
 
-from .errors import EngineError, EngineStreamError, EngineUnavailable
+from ..errors import EngineError, EngineStreamError, EngineUnavailable
+from .types import (
+    BUILDKIT_SINCE,
+    CLASSIC,
+    HINT,
+    BuildCached,
+    BuildDone,
+    BuildItem,
+    BuildOutput,
+    BuildStep,
+    ContainerState,
+    EngineFacts,
+    ImageInfo,
+    LayerProgress,
+    PushDone,
+    PushItem,
+)
 
-BUILDKIT_SINCE = 23      # Engine 23+ has BuildKit built in
-HINT = "start one with `make engine`, or point DOCKER_HOST at a running engine"
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
 # The classic builder wraps what a RUN step writes to stderr in red (SGR 91 ... 0).
@@ -47,142 +54,6 @@ _STDERR_WRAP = re.compile("\x1b\\[91m|\x1b\\[0m")
 
 def _unwrap_stderr(text: str) -> str:
     return _STDERR_WRAP.sub("", text)
-
-
-# -- what the engine hands the stages ---------------------------------------
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """An image as the engine reports it. `id` is the engine's own ID: the
-    config digest on the classic store, the manifest (or index) digest on the
-    containerd store, so it changes when an image crosses stores. `identity`
-    does not: it is computed from what both stores report alike (the layer
-    diff IDs and the image config's run-time fields), and is what imagekit
-    keys its records on. Empty when the engine reported no layers."""
-
-    id: str
-    size: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-    tags: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    diff_ids: tuple[str, ...] = ()
-    identity: str = ""
-
-    @property
-    def key(self) -> str:
-        """What records are keyed on: the identity, else the engine's ID."""
-        return self.identity or self.id
-
-
-@dataclass(frozen=True)
-class BuildStep:
-    """A Dockerfile instruction starts."""
-
-    index: int
-    total: int
-    instruction: str
-
-
-@dataclass(frozen=True)
-class BuildCached:
-    """The current step came from the cache."""
-
-
-@dataclass(frozen=True)
-class BuildOutput:
-    """A line the current step printed."""
-
-    line: str
-
-
-@dataclass(frozen=True)
-class BuildDone:
-    image_id: str
-
-
-@dataclass(frozen=True)
-class LayerProgress:
-    """One layer of a push: its status ('Pushing', 'Pushed', 'Layer already
-    exists', 'engine retrying in 5s', ...) and bytes."""
-
-    layer: str
-    status: str
-    current: int = 0
-    total: int = 0
-
-
-@dataclass(frozen=True)
-class PushDone:
-    digest: str
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    running: bool
-    exit_code: int | None
-
-
-@dataclass(frozen=True)
-class EngineFacts:
-    """What the engine is (`docker version` / `docker info`, decoded)."""
-
-    where: str
-    context: str = ""              # the docker context it was found through, if any
-    server_version: str = ""
-    api_version: str = ""
-    os: str = ""
-    arch: str = ""
-    store: str = "classic"         # "containerd": the containerd image store (snapshotter)
-    storage_driver: str = ""
-    buildkit: bool = False         # BuildKit built in (Engine 23+ has it)
-    gpu_runtime: bool = False      # an nvidia runtime
-    cdi_gpus: int = 0              # nvidia.com/gpu CDI devices
-
-    @property
-    def layers_stored_compressed(self) -> bool:
-        """The store keeps layers as pushed or pulled (gzip): a push through
-        the engine compresses nothing."""
-        return self.store == "containerd"
-
-
-BuildItem = BuildStep | BuildCached | BuildOutput | BuildDone
-PushItem = LayerProgress | PushDone
-
-
-class EngineAPI(Protocol):
-    """What imagekit's stages need from a container engine."""
-
-    def gpu_capable(self) -> bool: ...
-    def facts(self) -> EngineFacts: ...
-    def stored_compressed(self, ref: str) -> bool: ...
-    def image(self, ref: str) -> ImageInfo | None: ...
-    def tag(self, image: str, repository: str, tag: str) -> None: ...
-    def remove_image(self, ref: str) -> None: ...
-    def answers(self, settle: float = 0.0) -> bool: ...
-    def build(self, context: IO[bytes], tag: str, *, network_mode: str | None = None,
-              pull: bool = False, nocache: bool = False) -> Iterator[BuildItem]: ...
-    def import_image(self, stream: IO[bytes], repository: str, tag: str,
-                     changes: list[str]) -> None: ...
-    def volume(self, name: str, owner: str = "") -> contextlib.AbstractContextManager[str]: ...
-    def container(self, image: str, command: list[str] | None = None, *, name: str,
-                  volumes: dict[str, str] | None = None, env: dict | None = None,
-                  gpus: bool = False, workdir: str | None = None, files: bytes | None = None,
-                  network: bool = True, owner: str = "") \
-        -> contextlib.AbstractContextManager[str]: ...
-    def files_in(self, cid: str, path: str) -> list[str]: ...
-    def sweep(self) -> int: ...
-    def hold_tags(self, image_id: str, refs: list[str]) -> Path | None: ...
-    def release_tags(self, token: Path | None) -> None: ...
-    def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]: ...
-    def wait(self, cid: str, timeout: float) -> int: ...
-    def state(self, cid: str) -> ContainerState: ...
-    def exec_run(self, cid: str, cmd: list[str]) -> tuple[int, str]: ...
-    def save(self, ref: str | list[str], chunk_size: int = ...) -> Iterator[bytes]: ...
-    def load(self, data: IO[bytes] | Iterator[bytes]) -> list[str]: ...
-    def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[PushItem]: ...
-    def pull(self, ref: str, auth: dict | None) -> None: ...
-    def registry_auth(self, registry: str) -> dict | None: ...
-    def distribution_digest(self, ref: str, auth: dict | None) -> str: ...
 
 
 def endpoint() -> tuple[str, dict, str]:
@@ -206,58 +77,6 @@ def endpoint() -> tuple[str, dict, str]:
 
 def _where() -> str:
     return endpoint()[0]
-
-
-# -- the docker CLI's buildx plugin (BuildKit builds), on this machine --------
-# Where the docker CLI looks for plugins besides $DOCKER_CONFIG/cli-plugins.
-CLI_PLUGIN_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
-                   "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins")
-_BUILDX_VERSION = re.compile(r"buildx\s+v?(\d[^\s]*)")
-
-
-@dataclass(frozen=True)
-class Buildx:
-    """The buildx plugin as the docker CLI finds it."""
-
-    version: str = ""          # "0.13.1+ds1"; empty when none answered
-    path: str = ""             # the plugin's file, where one was found
-    works: bool = False        # `docker buildx version` answered
-    problem: str = ""          # why not, one line
-
-
-def find_buildx(timeout: float = 10.0) -> Buildx:
-    """Run `docker buildx version` (with a time limit) and look for the plugin
-    file where the CLI looks: $DOCKER_CONFIG/cli-plugins (~/.docker/cli-plugins),
-    then the system folders. A plugin the CLI cannot run is asked directly."""
-    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
-    found = next((str(f) for d in (config / "cli-plugins", *map(Path, CLI_PLUGIN_DIRS))
-                  if (f := d / "docker-buildx").is_file() and os.access(f, os.X_OK)), "")
-    cli = shutil.which("docker")
-
-    def ask(cmd: list[str]) -> tuple[str, str]:
-        """(version, "") or ("", why not)."""
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                               stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return "", f"`{' '.join(cmd[-3:])}` did not answer within {timeout:g}s"
-        except OSError as e:
-            return "", f"cannot run {cmd[0]}: {e.strerror or e}"
-        m = _BUILDX_VERSION.search(p.stdout)
-        if p.returncode == 0 and m:
-            return m[1], ""
-        said = (p.stderr or p.stdout).strip().splitlines()
-        return "", said[0][:200] if said else f"`{' '.join(cmd)}` exited {p.returncode}"
-
-    why = "no docker CLI on PATH"
-    if cli:
-        version, why = ask([cli, "buildx", "version"])
-        if version:
-            return Buildx(version, found, True)
-    if found:
-        version, _ = ask([found, "version"])
-        return Buildx(version, found, False, f"{found} is there, but `docker buildx` fails: {why}")
-    return Buildx(problem=why)
 
 
 class Engine:
@@ -731,6 +550,35 @@ class Engine:
         return EngineUnavailable(f"lost the Docker engine at {self.where} ({first}); {HINT}")
 
 
+class ClassicBuilder:
+    """The engine's classic builder (POST /build through docker-py): what
+    engines without BuildKit or without the buildx plugin build with."""
+
+    kind = CLASSIC
+    name = CLASSIC
+
+    def __init__(self, engine, reason: str = ""):
+        self.engine = engine
+        self.reason = reason or "the engine's classic builder"
+
+    def build(self, context: IO[bytes], tag: str, *, nocache: bool = False,
+              network_mode: str | None = None,
+              contexts: dict[str, Path] | None = None) -> Iterator[BuildItem]:
+        if contexts:
+            raise EngineError("the classic builder takes no named build contexts "
+                              f"({', '.join(sorted(contexts))}); BuildKit does")
+        return self.engine.build(context, tag, network_mode=network_mode, nocache=nocache)
+
+
+def context_host(name: str) -> str:
+    """The engine address of docker context NAME ("" when it has none)."""
+    with contextlib.suppress(docker.errors.DockerException, OSError, ValueError, KeyError):
+        ctx = docker.context.ContextAPI.get_context(name)
+        if ctx is not None and ctx.Host:
+            return str(ctx.Host)
+    return ""
+
+
 # The image config fields both stores report the same way in an image's inspect
 # (the classic store also fills the parent's ID in "Image", and empty defaults).
 _IDENTITY_CONFIG = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
@@ -759,7 +607,7 @@ BUILDER_IMAGE = re.compile(r"(?:sha256:)?[0-9a-f]{12,64}")   # what a builder co
 
 
 def _pending_dir() -> Path:
-    from .config import cache_dir
+    from ..config import cache_dir
     return cache_dir() / "pending"
 
 

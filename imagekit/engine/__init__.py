@@ -1,0 +1,39 @@
+"""The engine seam, the only package that knows Docker's and buildx's formats.
+
+- `types`: `EngineAPI`, what the stages need from an engine, and the typed
+  items its streams become (build steps, layer progress, facts);
+- `dockerpy`: `Engine`, that protocol over docker-py's low-level client;
+- `buildx`: the buildx plugin, and BuildKit builds through it;
+- `export`: the one reader of an engine's image export (`docker save`).
+
+Stages import from here; nothing outside this package imports docker or
+parses buildx's output."""
+
+from .buildx import CLI_PLUGIN_DIRS, Buildx, BuildxBuilder, RawJson, choose, find_buildx
+from .dockerpy import ClassicBuilder, Engine, endpoint, identity_of
+from .types import (
+    BUILDKIT,
+    BUILDKIT_SINCE,
+    CLASSIC,
+    HINT,
+    BuildCached,
+    BuildDone,
+    Builder,
+    BuildItem,
+    BuildOutput,
+    BuildStep,
+    ContainerState,
+    EngineAPI,
+    EngineFacts,
+    ImageInfo,
+    LayerProgress,
+    PushDone,
+    PushItem,
+)
+
+__all__ = ["BUILDKIT", "BUILDKIT_SINCE", "CLASSIC", "CLI_PLUGIN_DIRS", "HINT", "BuildCached",
+           "BuildDone", "BuildItem", "BuildOutput", "BuildStep", "Builder", "Buildx",
+           "BuildxBuilder", "ClassicBuilder", "ContainerState", "Engine", "EngineAPI", "RawJson",
+           "choose",
+           "EngineFacts", "ImageInfo", "LayerProgress", "PushDone", "PushItem", "endpoint",
+           "find_buildx", "identity_of"]
