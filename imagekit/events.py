@@ -388,6 +388,8 @@ class DoctorResult(StageResult):
     builders: list[str] = field(default_factory=list)   # "classic", "buildkit"
     buildx: str = ""           # the buildx plugin's version; empty when `docker buildx` fails
     buildx_path: str = ""
+    builder: str = ""          # what `imagekit build` uses: classic, buildkit, a buildx builder
+    builder_reason: str = ""   # why (or, with no builder, why none)
     gpu_runtime: bool = False
     cdi_gpus: int = 0
     base_image: str = ""       # imagekit.toml [base] image; empty when there is none

@@ -1,4 +1,5 @@
-"""Lint stage: render each spec and check the Dockerfile with hadolint."""
+"""Lint stage: render each spec for both builders (classic and BuildKit) and
+check each Dockerfile with hadolint."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from .config import Project
 from .errors import ImagekitError
 from .events import Checked, Event, Problem
-from .render import render
+from .render import BUILDERS, render
 from .spec import Plan
 
 HADOLINT_FAILED = 6
@@ -33,15 +34,19 @@ def lint(plans: list[Plan], project: Project) -> Iterator[Event]:
     if not cfg.is_file():   # the rules imagekit's own templates are checked with
         cfg = Path(__file__).resolve().parent.parent / ".hadolint.yaml"
     for plan in plans:
-        with tempfile.NamedTemporaryFile("w", suffix=".Dockerfile", delete=False) as f:
-            f.write(render(plan, project))
-        try:
-            args = [exe, *(["--config", str(cfg)] if cfg.is_file() else []), f.name]
-            res = subprocess.run(args, capture_output=True, text=True)
-        finally:
-            os.unlink(f.name)
-        if res.returncode == 0:
+        problems: list[Problem] = []
+        for builder in BUILDERS:
+            with tempfile.NamedTemporaryFile("w", suffix=".Dockerfile", delete=False) as f:
+                f.write(render(plan, project, builder))
+            try:
+                args = [exe, *(["--config", str(cfg)] if cfg.is_file() else []), f.name]
+                res = subprocess.run(args, capture_output=True, text=True)
+            finally:
+                os.unlink(f.name)
+            if res.returncode != 0:
+                problems += [Problem(plan.name, line.replace(f.name, f"Dockerfile ({builder})"),
+                                     HADOLINT_FAILED)
+                             for line in (res.stdout + res.stderr).strip().splitlines()]
+        if not problems:
             yield Checked(plan.name, "lint")
-            continue
-        for line in (res.stdout + res.stderr).strip().splitlines():
-            yield Problem(plan.name, line.replace(f.name, "Dockerfile"), HADOLINT_FAILED)
+        yield from problems

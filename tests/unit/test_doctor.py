@@ -207,7 +207,7 @@ def test_cli_lines_and_fixes(proj, run):
     lines = out.splitlines()
     assert lines[0].split()[0] == "engine"
     assert any(x.startswith("version ") and "26.1.5" in x for x in lines)
-    assert any(x.startswith("builders ") and "BuildKit built in" in x for x in lines)
+    assert any(x.startswith("builders ") and "builds use buildkit" in x for x in lines)
     base = lines.index(next(x for x in lines if x.startswith("base ")))
     assert lines[base + 1].split() == ["fix:", "imagekit", "base", "bootstrap", "(or",
                                        "`imagekit", "build`", "makes", "it", "first)"]
@@ -225,6 +225,7 @@ def test_cli_json(proj, run):
     assert data["server_version"] == "26.1.5" and data["api_version"] == "1.45"
     assert data["store"] == "classic" and data["builders"] == ["classic", "buildkit"]
     assert data["buildx"] == "0.13.1" and data["base_present"] is True
+    assert data["builder"] == "buildkit" and "buildx 0.13.1" in data["builder_reason"]
     assert all(set(c) == {"name", "found", "ok", "fix"} for c in data["checks"])
 
 

@@ -15,11 +15,13 @@ GOLDEN = REPO / "tests" / "unit" / "golden"
 CATALOG = load_project(REPO).catalog.names()
 
 
+@pytest.mark.parametrize("builder", ["classic", "buildkit"])
 @pytest.mark.parametrize("name", CATALOG)
-def test_golden(name):
+def test_golden(name, builder):
+    """tests/unit/golden/NAME.Dockerfile (classic), golden/buildkit/NAME.Dockerfile."""
     project = load_project(REPO)
-    text = render(project.catalog.resolve(name), project)
-    path = GOLDEN / f"{name}.Dockerfile"
+    text = render(project.catalog.resolve(name), project, builder)
+    path = (GOLDEN if builder == "classic" else GOLDEN / "buildkit") / f"{name}.Dockerfile"
     if os.environ.get("IMAGEKIT_UPDATE_GOLDEN"):
         path.write_text(text)
     assert path.is_file(), f"no golden file for {name}; run with IMAGEKIT_UPDATE_GOLDEN=1"
@@ -28,9 +30,28 @@ def test_golden(name):
 
 @pytest.mark.parametrize("name", CATALOG)
 def test_render_is_deterministic(name):
-    a = imagekit("render", name).stdout
-    b = imagekit("render", name).stdout
+    a = imagekit("render", name, "--builder", "buildkit").stdout
+    b = imagekit("render", name, "--builder", "buildkit").stdout
     assert a and a == b
+
+
+def test_buildkit_dockerfiles_need_no_network_and_name_no_port():
+    """With BuildKit every RUN step but the system packages' runs with no
+    network, the installs read the wheels from the mounted build context,
+    and nothing depends on [pip] port or the wheelhouse's path."""
+    project = load_project(REPO)
+    for name in CATALOG:
+        text = render(project.catalog.resolve(name), project, "buildkit")
+        runs = [line for line in text.splitlines() if line.startswith("RUN ")]
+        assert runs, name
+        for line in runs:
+            if "apt-get" in line or line.startswith("RUN {% if") or "sed -i" in line:
+                continue
+            assert "--network=none" in line, (name, line)
+            if "pip install" in line:
+                assert "--mount=type=bind,from=wheels,target=/wheels" in line, (name, line)
+        assert "127.0.0.1" not in text and str(project.config.pip.port) not in text, name
+        assert str(project.wheelhouse) not in text, name
 
 
 def test_layer_order_and_no_caches():

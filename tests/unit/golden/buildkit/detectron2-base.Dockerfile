@@ -1,0 +1,43 @@
+# Rendered by imagekit 0.1.0 from images/detectron2-base/image.yaml - edit the spec, not this file.
+FROM imagekit/base:bookworm
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Python 3.11 in a virtual environment at /opt/venv
+RUN --network=none python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# PyTorch 2.13.0 (CPU)
+RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels torch==2.13.0 \
+ && rm -rf /tmp/uv
+
+# Other Python packages (framework pins repeated so nothing replaces them)
+RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels torch==2.13.0 pyyaml==6.0.3 numpy==2.4.6 \
+ && rm -rf /tmp/uv
+
+WORKDIR /opt/detectron2
+
+# Training code: the last layer, the only one a code change rebuilds
+COPY code/ /opt/detectron2/
+
+LABEL org.opencontainers.image.title="detectron2-base" \
+      org.opencontainers.image.description="Detectron2-style detection training with PyTorch (CPU)" \
+      org.opencontainers.image.version="v1.0" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      io.imagekit.name="detectron2-base" \
+      io.imagekit.framework="pytorch" \
+      io.imagekit.framework.version="2.13.0" \
+      io.imagekit.device="cpu" \
+      io.imagekit.python="3.11" \
+      io.imagekit.cuda="" \
+      io.imagekit.cudnn="" \
+      io.imagekit.jupyter="false" \
+      io.imagekit.spec.digest="sha256:92caeefbf541c6df0345c8d64d20abbe11970545a2ce2c4b577df333934e4922"

@@ -1,0 +1,41 @@
+# Rendered by imagekit 0.1.0 from images/ocr-cpu/image.yaml - edit the spec, not this file.
+FROM imagekit/base:bookworm
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Python 3.11 in a virtual environment at /opt/venv
+RUN --network=none python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# TensorFlow 2.21.0 (CPU)
+RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels tensorflow==2.21.0 \
+ && rm -rf /tmp/uv
+ENV TF_CPP_MIN_LOG_LEVEL=1
+
+ENV OCR_DATA_DIR="/data/data"
+
+WORKDIR /opt/ocr
+
+# Training code: the last layer, the only one a code change rebuilds
+COPY code/ /opt/ocr/
+
+LABEL org.opencontainers.image.title="ocr-cpu" \
+      org.opencontainers.image.description="CRNN text-line OCR training with TensorFlow (CPU)" \
+      org.opencontainers.image.version="v1.0" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      io.imagekit.name="ocr-cpu" \
+      io.imagekit.framework="tensorflow" \
+      io.imagekit.framework.version="2.21.0" \
+      io.imagekit.device="cpu" \
+      io.imagekit.python="3.11" \
+      io.imagekit.cuda="" \
+      io.imagekit.cudnn="" \
+      io.imagekit.jupyter="false" \
+      io.imagekit.spec.digest="sha256:510424c524608dab6f76fbb57947e157eca526977c627df7d14693eae86840c0"

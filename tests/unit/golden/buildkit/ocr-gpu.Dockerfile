@@ -1,0 +1,50 @@
+# Rendered by imagekit 0.1.0 from images/ocr-gpu/image.yaml - edit the spec, not this file.
+FROM imagekit/base:bookworm
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Python 3.11 in a virtual environment at /opt/venv
+RUN --network=none python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# TensorFlow 2.21.0 (GPU, CUDA 12.9 / cuDNN 9.28 from pip)
+RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels 'tensorflow[and-cuda]==2.21.0' nvidia-cublas-cu12==12.9.3.13 nvidia-cuda-cupti-cu12==12.9.79 nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cudnn-cu12==9.28.0.42 nvidia-cufft-cu12==11.4.1.4 nvidia-curand-cu12==10.3.10.19 nvidia-cusolver-cu12==11.7.5.82 nvidia-cusparse-cu12==12.5.10.65 nvidia-nccl-cu12==2.32.3 nvidia-nvjitlink-cu12==12.9.86 \
+ && rm -rf /tmp/uv
+ENV TF_CPP_MIN_LOG_LEVEL=1
+
+# GPU: the NVIDIA container runtime injects the driver; CUDA 12.9 comes from the framework's wheels
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+ENV OCR_DATA_DIR="/data/data"
+
+WORKDIR /opt/ocr
+
+# Training code: the last layer, the only one a code change rebuilds
+COPY code/ /opt/ocr/
+
+LABEL org.opencontainers.image.title="ocr-gpu" \
+      org.opencontainers.image.description="CRNN text-line OCR training with TensorFlow (GPU)" \
+      org.opencontainers.image.version="v1.0" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      io.imagekit.name="ocr-gpu" \
+      io.imagekit.framework="tensorflow" \
+      io.imagekit.framework.version="2.21.0" \
+      io.imagekit.device="gpu" \
+      io.imagekit.python="3.11" \
+      io.imagekit.cuda="12.9" \
+      io.imagekit.cudnn="9.28" \
+      io.imagekit.jupyter="false" \
+      io.imagekit.spec.digest="sha256:2774a8630c3f91628b152c0ed0b376628c79d83dd1b94bfb35e2cf743e3f55cf" \
+      io.imagekit.nccl="2.32" \
+      io.imagekit.cuda.build="12.5.1" \
+      io.imagekit.cudnn.build="9" \
+      io.imagekit.cuda.archs="sm_60 sm_70 sm_80 sm_89 compute_90" \
+      io.imagekit.driver.min="525.60.13"

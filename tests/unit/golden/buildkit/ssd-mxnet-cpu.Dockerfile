@@ -1,0 +1,45 @@
+# Rendered by imagekit 0.1.0 from images/ssd-mxnet-cpu/image.yaml - edit the spec, not this file.
+FROM imagekit/base:bookworm
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# System packages (mxnet runtime libraries): from the Debian mirror, the one step with the network
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 libquadmath0 libgfortran5 \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+
+# Python 3.11 in a virtual environment at /opt/venv
+RUN --network=none python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# MXNet 1.9.1 (CPU); numpy<1.24 because it still uses np.bool
+RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+ && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels mxnet==1.9.1 'numpy<1.24' \
+ && rm -rf /tmp/uv
+ENV MXNET_CUDNN_AUTOTUNE_DEFAULT=0
+
+WORKDIR /opt/ssd
+
+# Training code: the last layer, the only one a code change rebuilds
+COPY code/ /opt/ssd/
+
+LABEL org.opencontainers.image.title="ssd-mxnet-cpu" \
+      org.opencontainers.image.description="SSD-style detection training with MXNet Gluon (CPU)" \
+      org.opencontainers.image.version="v1.0" \
+      org.opencontainers.image.base.name="python:3.11-slim-bookworm" \
+      io.imagekit.name="ssd-mxnet-cpu" \
+      io.imagekit.framework="mxnet" \
+      io.imagekit.framework.version="1.9.1" \
+      io.imagekit.device="cpu" \
+      io.imagekit.python="3.11" \
+      io.imagekit.cuda="" \
+      io.imagekit.cudnn="" \
+      io.imagekit.jupyter="false" \
+      io.imagekit.spec.digest="sha256:db3bd25a5be034dbde30745974c60d0c6f3ac1e063b8a596bd55ff8c0f383e64"
