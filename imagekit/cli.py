@@ -423,8 +423,16 @@ def smoke(
             if isinstance(item, Event):
                 yield item
                 continue
-            target = targets.resolve(project, engine, item, error=SmokeError)
-            if runner is not engine:
+            try:
+                target = targets.resolve(project, engine, item, error=SmokeError)
+                here = True
+            except (SmokeError, UsageError):
+                if runner is engine:
+                    raise
+                # built on that engine (`imagekit build --builder` of a builder there)
+                target = targets.resolve(project, runner, item, error=SmokeError)
+                here = False
+            if runner is not engine and here:
                 yield from ship(project, target, engine, runner, engine_url)
             if command is not None and target.plan is not None:
                 raise UsageError("--command is for images from outside the catalog; a catalog "

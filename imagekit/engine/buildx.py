@@ -232,20 +232,24 @@ class BuildxBuilder:
 
     kind = BUILDKIT
 
-    def __init__(self, engine, *, name: str = BUILDKIT, builder: str = "", reason: str = "",
-                 load: bool = False, env: dict[str, str] | None = None):
+    def __init__(self, engine, *, name: str = BUILDKIT, builder: str = "", context: str = "",
+                 reason: str = "", load: bool = False, env: dict[str, str] | None = None):
         self.engine = engine
         self.name = name
         self.builder = builder          # the buildx builder's name; "" for the engine's own
+        self.context = context          # a docker context's own builder (docker driver) instead
         self.reason = reason
         self.load = load                # export to a tar and load it into `engine`
         self.env = env or {}
 
     def command(self, folder: Path, tag: str, metadata: Path, *, nocache: bool,
                 contexts: dict[str, Path], out: Path | None) -> list[str]:
-        cmd = [shutil.which("docker") or "docker", "buildx", "build", "--progress=rawjson",
-               "--provenance=false", "--metadata-file", str(metadata), "--tag", tag]
-        if self.builder:
+        cmd = [shutil.which("docker") or "docker"]
+        if self.context:       # buildx runs a context's docker-driver builder only from it
+            cmd += ["--context", self.context]
+        cmd += ["buildx", "build", "--progress=rawjson", "--provenance=false", "--metadata-file",
+                str(metadata), "--tag", tag]
+        if self.builder and not self.context:
             cmd += ["--builder", self.builder]
         for name, path in sorted(contexts.items()):
             cmd += ["--build-context", f"{name}={path}"]
@@ -273,6 +277,8 @@ class BuildxBuilder:
             cmd = self.command(folder, tag, metadata, nocache=nocache, contexts=contexts or {},
                                out=out)
             env = {**os.environ, "BUILDX_NO_DEFAULT_ATTESTATIONS": "1", **self.env}
+            if self.context:
+                env.pop("DOCKER_HOST", None)
             decoder = RawJson()
             try:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
@@ -320,7 +326,7 @@ def choose(engine, requested: str = "auto", *, buildx: Buildx | None = None):
     images land in its own engine (docker driver) or are loaded into
     `engine` (other drivers). Raises EngineError (one line) for a builder
     that cannot be had."""
-    from .dockerpy import ClassicBuilder, Engine, context_host
+    from .dockerpy import ClassicBuilder, Engine
     if requested == CLASSIC:
         return ClassicBuilder(engine, "asked for (--builder classic or [build] builder)")
     facts = engine.facts()
@@ -345,12 +351,26 @@ def choose(engine, requested: str = "auto", *, buildx: Buildx | None = None):
         host = info.endpoint if "://" in info.endpoint else context_host(info.endpoint)
         where = engine if not host or host == engine.where else Engine.connect(url=host)
         shown = f" at {host}" if where is not engine else ""
-        return BuildxBuilder(where, name=requested, builder=requested,
+        context = "" if "://" in info.endpoint else info.endpoint
+        return BuildxBuilder(where, name=requested, builder=requested, context=context,
                              reason=f"buildx builder {requested} (docker driver{shown}): "
                                     "images land in its engine")
     return BuildxBuilder(engine, name=requested, builder=requested, load=True,
                          reason=f"buildx builder {requested} ({info.driver} driver): images "
                                 "are loaded here from it")
+
+
+def context_host(name: str, timeout: float = 20.0) -> str:
+    """The engine address of docker context NAME, as the docker CLI reads it
+    ("" when it cannot say)."""
+    cli = shutil.which("docker") or "docker"
+    try:
+        p = subprocess.run([cli, "context", "inspect", name, "--format",
+                            "{{.Endpoints.docker.Host}}"], capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+    except (subprocess.TimeoutExpired, OSError):
+        return ""
+    return p.stdout.strip() if p.returncode == 0 else ""
 
 
 def _engine_env(engine) -> dict[str, str]:

@@ -570,15 +570,6 @@ class ClassicBuilder:
         return self.engine.build(context, tag, network_mode=network_mode, nocache=nocache)
 
 
-def context_host(name: str) -> str:
-    """The engine address of docker context NAME ("" when it has none)."""
-    with contextlib.suppress(docker.errors.DockerException, OSError, ValueError, KeyError):
-        ctx = docker.context.ContextAPI.get_context(name)
-        if ctx is not None and ctx.Host:
-            return str(ctx.Host)
-    return ""
-
-
 # The image config fields both stores report the same way in an image's inspect
 # (the classic store also fills the parent's ID in "Image", and empty defaults).
 _IDENTITY_CONFIG = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
