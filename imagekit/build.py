@@ -18,21 +18,41 @@ from .config import Project
 from .context import context_tar
 from .engine import BuildCached, BuildDone, Builder, BuildOutput, BuildStep, ClassicBuilder, EngineAPI
 from .errors import BuildError, EngineStreamError, Interrupted
-from .events import Built, Cached, Event, Info, Log, Step
+from .events import Built, Cached, Event, Info, Log, Step, Warn
+from .reference import parse_reference
 from .render import render
 from .spec import Plan
 
 TAIL_LINES = 15
 
 
+def cache_ref(ref: str, name: str) -> str:
+    """A registry build-cache reference for image NAME: REF as given when it
+    has a tag, else REF:NAME (one repository holds every image's cache)."""
+    if not ref:
+        return ""
+    return ref if parse_reference(ref).tag else f"{ref}:{name}"
+
+
 def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False,
-          builder: Builder | None = None) -> Iterator[Event]:
+          builder: Builder | None = None, cache_to: str = "", cache_from: str = "") \
+        -> Iterator[Event]:
     """Build one image with `builder` (default: the engine's classic builder);
     its parent must exist already where the builder's images land. Yields
     events; the last one is Built. Raises BuildError with the failing step
-    and log tail."""
+    and log tail. `cache_to`/`cache_from`: a registry repository (or
+    reference) for BuildKit's build cache; a builder that cannot use one
+    says so in one line and builds without it."""
     name = plan.name
     builder = builder or ClassicBuilder(engine)
+    to, since = cache_ref(cache_to, name), cache_ref(cache_from, name)
+    if (to or since) and builder.kind == "classic":
+        yield Warn(name, "the classic builder cannot use a registry build cache (--cache-to/"
+                         "--cache-from left out); BuildKit can (--builder buildkit)")
+        to = since = ""
+    elif to and (why := builder.cache_export_problem()):
+        yield Warn(name, f"--cache-to left out: {why}")
+        to = ""
     engine = builder.engine             # where the image lands (another engine's builder: there)
     dockerfile = render(plan, project, builder.kind)
     ctx = context_tar(dockerfile, plan.spec.code_dir)
@@ -57,7 +77,7 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
             contexts = {"wheels": fetch.wheel_set(plan, project)}
         try:
             for item in builder.build(ctx, refs[0], network_mode=network, nocache=nocache,
-                                      contexts=contexts):
+                                      contexts=contexts, cache_to=to, cache_from=since):
                 if isinstance(item, BuildStep):
                     log.write(f"Step {item.index}/{item.total} : {item.instruction}\n")
                     step, total, instruction = item.index, item.total, item.instruction

@@ -327,6 +327,13 @@ def build(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Build every layer anew.")] = False,
     network: NetworkOpt = False,
     builder_name: BuilderOpt = None,
+    cache_to: Annotated[str | None, typer.Option(
+        "--cache-to", metavar="REPOSITORY", help="Export BuildKit's build cache (every layer) to "
+        "this registry repository, one tag per image (REPOSITORY:NAME; a full reference is "
+        "used as given).")] = None,
+    cache_from: Annotated[str | None, typer.Option(
+        "--cache-from", metavar="REPOSITORY", help="Take cached layers from a build cache "
+        "exported with --cache-to.")] = None,
 ) -> None:
     """Render and build images (and their catalog parents, first) through the
     Docker engine, independent ones in parallel, with live progress. Python
@@ -334,6 +341,12 @@ def build(
     from . import base, fetch, graph
     from . import smoke as smoke_stage
     from .engine import choose
+    for ref in (cache_to, cache_from):
+        if ref:
+            try:
+                reference.parse_reference(ref)
+            except ValueError as e:
+                raise UsageError(f"--cache-to/--cache-from: {e}") from None
     project = state.project
     plans = _plans(project, _names(project, names, all_))
     local = Engine.connect()
@@ -363,7 +376,8 @@ def build(
             yield Skipped(p.name, gpu_note)
         for ev in graph.build_graph(plans, project, engine, jobs=jobs, nocache=no_cache,
                                     before=before, after=after if smoke else None,
-                                    builder=builder):
+                                    builder=builder, cache_to=cache_to or "",
+                                    cache_from=cache_from or ""):
             if isinstance(ev, GraphResult):
                 ev.images.update({p.name: ImageOutcome("skipped", gpu_note) for p in left_out})
                 outcome.update(ev.images)

@@ -38,7 +38,8 @@ def order(plans: list[Plan]) -> list[Plan]:
 
 def build_graph(plans: list[Plan], project: Project, engine: EngineAPI, *, jobs: int = 2,
                 before: After | None = None, after: After | None = None,
-                nocache: bool = False, builder: Builder | None = None) -> Iterator[Event]:
+                nocache: bool = False, builder: Builder | None = None, cache_to: str = "",
+                cache_from: str = "") -> Iterator[Event]:
     """Build plans and their ancestors in dependency order, independent ones in
     parallel (up to `jobs`). `before(plan)` may yield events before an image
     is built (bringing its wheels and base), `after(plan)` after it (the smoke
@@ -60,7 +61,8 @@ def build_graph(plans: list[Plan], project: Project, engine: EngineAPI, *, jobs:
     def work(plan: Plan) -> None:
         try:
             stages = [before, lambda p: build(p, project, engine, nocache=nocache,
-                                              builder=builder), after]
+                                              builder=builder, cache_to=cache_to,
+                                              cache_from=cache_from), after]
             for stage in stages:          # each started only when the one before it ended
                 for ev in stage(plan) if stage else ():
                     if cancel.is_set():

@@ -233,8 +233,10 @@ class BuildxBuilder:
     kind = BUILDKIT
 
     def __init__(self, engine, *, name: str = BUILDKIT, builder: str = "", context: str = "",
-                 reason: str = "", load: bool = False, env: dict[str, str] | None = None):
+                 reason: str = "", load: bool = False, env: dict[str, str] | None = None,
+                 driver: str = "docker"):
         self.engine = engine
+        self.driver = driver
         self.name = name
         self.builder = builder          # the buildx builder's name; "" for the engine's own
         self.context = context          # a docker context's own builder (docker driver) instead
@@ -242,8 +244,18 @@ class BuildxBuilder:
         self.load = load                # export to a tar and load it into `engine`
         self.env = env or {}
 
+    def cache_export_problem(self) -> str:
+        """Why this builder cannot export a build cache ("" when it can): the
+        docker driver on the classic image store cannot."""
+        if self.driver == "docker" and self.engine.facts().store != "containerd":
+            return ("the docker driver on the classic image store cannot export a build cache; "
+                    "the containerd image store or a docker-container builder (`docker buildx "
+                    "create --driver docker-container`, then --builder NAME) can")
+        return ""
+
     def command(self, folder: Path, tag: str, metadata: Path, *, nocache: bool,
-                contexts: dict[str, Path], out: Path | None) -> list[str]:
+                contexts: dict[str, Path], out: Path | None, cache_to: str = "",
+                cache_from: str = "") -> list[str]:
         cmd = [shutil.which("docker") or "docker"]
         if self.context:       # buildx runs a context's docker-driver builder only from it
             cmd += ["--context", self.context]
@@ -255,16 +267,22 @@ class BuildxBuilder:
             cmd += ["--build-context", f"{name}={path}"]
         if nocache:
             cmd.append("--no-cache")
+        if cache_from:
+            cmd += ["--cache-from", f"type=registry,ref={cache_from}"]
+        if cache_to:      # every layer, with OCI media types and an image manifest (ECR needs them)
+            cmd += ["--cache-to", f"type=registry,ref={cache_to},mode=max,oci-mediatypes=true,"
+                                  "image-manifest=true"]
         cmd += ["--output", f"type=docker,dest={out}"] if out is not None else ["--load"]
         return [*cmd, str(folder)]
 
     def build(self, context: IO[bytes], tag: str, *, nocache: bool = False,
-              network_mode: str | None = None,
-              contexts: dict[str, Path] | None = None) -> Iterator[BuildItem]:
+              network_mode: str | None = None, contexts: dict[str, Path] | None = None,
+              cache_to: str = "", cache_from: str = "") -> Iterator[BuildItem]:
         """Build; yields steps, cached steps and log lines as they come, then
         BuildDone. Raises EngineStreamError with BuildKit's words when a step
         fails. `network_mode` is the classic builder's: RUN steps here have
-        the network their Dockerfile flags give them."""
+        the network their Dockerfile flags give them. `cache_to`/`cache_from`:
+        a registry reference for BuildKit's build cache (mode=max)."""
         with tempfile.TemporaryDirectory(prefix="imagekit-buildkit-") as tmp:
             folder = Path(tmp) / "context"
             folder.mkdir()
@@ -275,7 +293,7 @@ class BuildxBuilder:
             metadata = Path(tmp) / "metadata.json"
             out = Path(tmp) / "image.tar" if self.load else None
             cmd = self.command(folder, tag, metadata, nocache=nocache, contexts=contexts or {},
-                               out=out)
+                               out=out, cache_to=cache_to, cache_from=cache_from)
             env = {**os.environ, "BUILDX_NO_DEFAULT_ATTESTATIONS": "1", **self.env}
             if self.context:
                 env.pop("DOCKER_HOST", None)
@@ -355,7 +373,7 @@ def choose(engine, requested: str = "auto", *, buildx: Buildx | None = None):
         return BuildxBuilder(where, name=requested, builder=requested, context=context,
                              reason=f"buildx builder {requested} (docker driver{shown}): "
                                     "images land in its engine")
-    return BuildxBuilder(engine, name=requested, builder=requested, load=True,
+    return BuildxBuilder(engine, name=requested, builder=requested, load=True, driver=info.driver,
                          reason=f"buildx builder {requested} ({info.driver} driver): images "
                                 "are loaded here from it")
 

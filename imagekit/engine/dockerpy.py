@@ -561,9 +561,14 @@ class ClassicBuilder:
         self.engine = engine
         self.reason = reason or "the engine's classic builder"
 
+    def cache_export_problem(self) -> str:
+        return "the classic builder cannot export a build cache; BuildKit can"
+
     def build(self, context: IO[bytes], tag: str, *, nocache: bool = False,
-              network_mode: str | None = None,
-              contexts: dict[str, Path] | None = None) -> Iterator[BuildItem]:
+              network_mode: str | None = None, contexts: dict[str, Path] | None = None,
+              cache_to: str = "", cache_from: str = "") -> Iterator[BuildItem]:
+        if cache_to or cache_from:
+            raise EngineError("the classic builder cannot use a registry build cache; BuildKit can")
         if contexts:
             raise EngineError("the classic builder takes no named build contexts "
                               f"({', '.join(sorted(contexts))}); BuildKit does")

@@ -163,7 +163,9 @@ class Builder(Protocol):
     reason: str               # why this one, one line (build's first line, doctor)
     engine: EngineAPI         # where the images it builds land
 
+    def cache_export_problem(self) -> str: ...   # why it cannot export a build cache ("": it can)
+
     def build(self, context: IO[bytes], tag: str, *, nocache: bool = False,
-              network_mode: str | None = None,
-              contexts: dict[str, Path] | None = None) -> Iterator[BuildItem]: ...
+              network_mode: str | None = None, contexts: dict[str, Path] | None = None,
+              cache_to: str = "", cache_from: str = "") -> Iterator[BuildItem]: ...
 

@@ -178,3 +178,36 @@ def test_a_builder_on_another_engine(session_project, base_image, second_engine,
         except docker.errors.APIError:
             pass
         shutil.rmtree(session_project.root / "images" / name, ignore_errors=True)
+
+
+def test_a_new_port_or_wheelhouse_path_keeps_every_layer(project, base_image, docker_api):
+    """Under BuildKit neither [pip] port nor the wheelhouse's path is in the
+    Dockerfile, and the wheels context is the same files: after changing
+    either, the rebuild takes every step from the cache."""
+    from imagekit.config import cache_dir
+    name = unique("bk-cache")
+    project.add(name, {"framework": {"name": "pytorch", "version": "2.13.0"}, "tags": ["test"]})
+    toml = project.root / "imagekit.toml"
+    try:
+        first = project.run("--json", "build", name, timeout=1800)
+        assert first.code == 0, first.output[-2000:]
+
+        def all_cached(r) -> None:
+            assert r.code == 0, r.output[-2000:]
+            ev = _events(r)
+            steps = {e["index"] for e in ev if e["event"] == "step"
+                     and not e["instruction"].startswith("FROM ")}
+            cached = {e["index"] for e in ev if e["event"] == "cached"}
+            assert steps and steps == cached, (steps, cached)
+
+        toml.write_text(toml.read_text().replace("port = 17311", "port = 17399"))
+        assert "17399" in toml.read_text()
+        all_cached(project.run("--json", "build", name, timeout=1800))
+        # the same wheels under another path (hard links: no copy of gigabytes)
+        moved = project.root / "elsewhere-wheels"
+        src = cache_dir() / "wheelhouse"
+        subprocess.run(["cp", "-al", str(src), str(moved)], check=True)
+        toml.write_text(toml.read_text() + f'wheelhouse = "{moved}"\n')
+        all_cached(project.run("--json", "build", name, timeout=1800))
+    finally:
+        docker_cli("rmi", "-f", f"{name}:test")

@@ -229,3 +229,29 @@ def test_build_builder_in_imagekit_toml_is_validated(project):
     assert r.code == 0 and "127.0.0.1" in r.stdout and "--network=none" not in r.stdout
     r = project.run("render", "x", "--builder", "buildkit")
     assert r.code == 0 and "--find-links /wheels" in r.stdout
+
+
+def test_registry_cache_flags_and_refs(tmp_path):
+    from imagekit.build import cache_ref
+    assert cache_ref("", "ocr") == ""
+    assert cache_ref("reg:5000/team/cache", "ocr-cpu") == "reg:5000/team/cache:ocr-cpu"
+    assert cache_ref("reg:5000/team/cache:mine", "ocr-cpu") == "reg:5000/team/cache:mine"
+    cmd = BuildxBuilder(_Engine()).command(
+        tmp_path, "x:1", tmp_path / "m.json", nocache=False, contexts={}, out=None,
+        cache_to="r/c:x", cache_from="r/c:x")
+    assert cmd[cmd.index("--cache-from") + 1] == "type=registry,ref=r/c:x"
+    assert cmd[cmd.index("--cache-to") + 1] == ("type=registry,ref=r/c:x,mode=max,"
+                                                 "oci-mediatypes=true,image-manifest=true")
+    classic = BuildxBuilder(_Engine())                       # docker driver, classic store
+    assert "containerd image store" in classic.cache_export_problem()
+    cd = _Engine()
+    cd._facts = EngineFacts(where=cd.where, server_version="26.1.5", buildkit=True,
+                            store="containerd")
+    assert BuildxBuilder(cd).cache_export_problem() == ""
+    assert BuildxBuilder(_Engine(), driver="docker-container").cache_export_problem() == ""
+
+
+def test_a_bad_cache_reference_is_a_usage_error(project):
+    project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}})
+    r = project.run("build", "x", "--cache-to", "Not A/Ref!")
+    assert r.code == 2 and "--cache-to/--cache-from" in r.stderr and "Traceback" not in r.output
