@@ -312,3 +312,34 @@ def test_push_from_the_other_store_passes_the_smoke_gate(trip):
     digest, manifest = _manifest(trip.registry, f"team-other/{trip.name}", "test")
     assert dest["digest"] == digest
     assert manifest["config"]["digest"] == built["config"]
+
+
+def test_a_registry_build_cache(trip, tmp_path):
+    """The last step of the trip. Containerd store (BuildKit through buildx):
+    `--cache-to` exports every layer's cache to a registry; with the engine's
+    own build cache emptied and the image gone, `--cache-from` takes every
+    step from it. Engine 20.10 (the classic builder): one line says it cannot,
+    and the build goes on without it."""
+    (_,) = trip.need("build")
+    with Registry(tmp_path / "cachereg") as reg:
+        cache = f"{reg.host}/cache"
+        r = trip.run("build", trip.name, "--cache-to", cache, timeout=1200)
+        _ok(r, "build --cache-to")
+        warnings = [e["message"] for e in _events(r.stdout) if e["event"] == "warning"]
+        if not trip.engine.containerd_store:
+            assert len(warnings) == 1 and "classic builder cannot use a registry build cache" \
+                in warnings[0], warnings
+            return
+        assert warnings == [], warnings
+        tags = requests.get(f"http://{reg.host}/v2/cache/tags/list", timeout=10).json()
+        assert tags["tags"] == [trip.name], tags
+        api = trip.engine.api()
+        api.remove_image(trip.ref, force=True)
+        api._post(api._url("/build/prune"), params={"all": "true"})   # BuildKit's own cache
+        r = trip.run("build", trip.name, "--cache-from", cache, timeout=1200)
+        _ok(r, "build --cache-from")
+        ev = _events(r.stdout)
+        steps = {e["index"] for e in ev if e["event"] == "step"
+                 and not e["instruction"].startswith("FROM ")}
+        cached = {e["index"] for e in ev if e["event"] == "cached"}
+        assert steps and cached == steps, (steps, cached)
