@@ -22,6 +22,7 @@ from .config import Project, load_project
 from .display import Display, error, out
 from .engine import Engine
 from .errors import (
+    BuildError,
     EngineUnavailable,
     ImagekitError,
     Interrupted,
@@ -334,6 +335,9 @@ def build(
     cache_from: Annotated[str | None, typer.Option(
         "--cache-from", metavar="REPOSITORY", help="Take cached layers from a build cache "
         "exported with --cache-to.")] = None,
+    load_here: Annotated[bool, typer.Option(
+        "--load", help="With a builder on another engine: also load each built image into "
+        "this one (streamed from that engine's export, nothing on disk).")] = False,
 ) -> None:
     """Render and build images (and their catalog parents, first) through the
     Docker engine, independent ones in parallel, with live progress. Python
@@ -365,17 +369,24 @@ def build(
 
     def after(plan: Plan) -> Iterator[Event]:
         from .gpu import platform
+        from .ship import ship
         target = targets.resolve(project, engine, plan.name)
-        return smoke_stage.smoke(smoke_stage.SmokeTarget.of(target), project, engine,
-                                 gpu=gpu.value, network=network,
-                                 platform=platform(None, None, project.config.platform))
+        if load_here and engine is not local:
+            try:
+                yield from ship(project, target, engine, local, "this engine")
+            except SmokeError as e:
+                raise BuildError(e.message) from None
+        if smoke:
+            yield from smoke_stage.smoke(smoke_stage.SmokeTarget.of(target), project, engine,
+                                         gpu=gpu.value, network=network,
+                                         platform=platform(None, None, project.config.platform))
 
     def stages() -> Iterator[Event]:
         yield Info("", f"builder: {builder.name} ({builder.reason})")
         for p in left_out:
             yield Skipped(p.name, gpu_note)
         for ev in graph.build_graph(plans, project, engine, jobs=jobs, nocache=no_cache,
-                                    before=before, after=after if smoke else None,
+                                    before=before, after=after if smoke or load_here else None,
                                     builder=builder, cache_to=cache_to or "",
                                     cache_from=cache_from or ""):
             if isinstance(ev, GraphResult):

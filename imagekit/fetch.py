@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -453,24 +453,42 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def wheel_set(plan: Plan, project: Project) -> Path | None:
-    """The wheels this image installs, alone in a folder of hard links into the
-    wheelhouse (wheelhouse/.imagekit/sets/KEY, KEY the requirement set's
-    digest): what a BuildKit build gets as its `wheels` build context. The
-    same set gives the same folder and the same files, so BuildKit's context
-    cache keeps them between builds whatever the wheelhouse's path. None
-    without a wheelhouse (builds then install from [pip] index_url). Call
-    after `ensure`; raises FetchError when the set was never resolved."""
-    wheelhouse = project.wheelhouse
-    if wheelhouse is None:
-        return None
-    w = wanted(plan, project)
+def step_wants(plan: Plan, project: Project) -> dict[str, Wanted]:
+    """What each install step of this image's Dockerfile installs (render.py's
+    INSTALL_STEPS: the framework, JupyterLab, the spec's other packages), each
+    with the installer: the requirement set whose wheels that step's build
+    context holds. Only the steps this image's Dockerfile has."""
+    full = wanted(plan, project)
+    m = plan.spec.model
+    base = list(plan.variant.pip)
+    steps = {"framework": base if plan.parent is None else [],
+             "jupyter": base + matrix.jupyter_pip() if m.jupyter.enabled else [],
+             "pip": base + list(m.pip) if m.pip else []}
+    installer = matrix.load().get("installer")
+    out = {}
+    for step, reqs in steps.items():
+        reqs = [r for r in dict.fromkeys(reqs) if not _is_url(r)]
+        if not reqs:
+            continue
+        if installer and installer not in reqs:
+            reqs.append(installer)
+        out[step] = replace(full, requirements=tuple(reqs))
+    return out
+
+
+def wheel_set(w: Wanted, wheelhouse: Path) -> Path:
+    """The wheels a requirement set resolved to, alone in a folder of hard links
+    into the wheelhouse (wheelhouse/.imagekit/sets/KEY, KEY the set's digest):
+    what a BuildKit install step gets as its build context. The same set gives
+    the same folder and the same files, so BuildKit's context cache keeps them
+    between builds whatever the wheelhouse's path. Call after the set was
+    resolved (ensure_wheels); raises FetchError when it was not."""
     try:
         data = json.loads(_stamp_path(wheelhouse, w.key()).read_text())
         files = [str(f) for f in data["files"]]
     except (OSError, ValueError, KeyError, TypeError):
-        raise FetchError(f"{plan.name}: the wheelhouse ({wheelhouse}) has no resolved set for "
-                         f"it; run `imagekit fetch {plan.name}`") from None
+        raise FetchError(f"{w.image}: the wheelhouse ({wheelhouse}) has no resolved set for "
+                         f"it; run `imagekit fetch {w.image}`") from None
     sets = wheelhouse / META / "sets"
     final = sets / w.key()
     if all((final / Path(f).name).is_file() for f in files):
@@ -486,18 +504,35 @@ def wheel_set(plan: Plan, project: Project) -> Path | None:
                 try:
                     shutil.copy2(src, dest)
                 except OSError as e:
-                    raise FetchError(f"{plan.name}: cannot put {f} in the build's wheel set "
+                    raise FetchError(f"{w.image}: cannot put {f} in the build's wheel set "
                                      f"({e.strerror or e}) in {sets}") from None
         shutil.rmtree(final, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:               # another process made it at the same moment
             if not all((final / Path(f).name).is_file() for f in files):
-                raise FetchError(f"{plan.name}: cannot make the build's wheel set in "
+                raise FetchError(f"{w.image}: cannot make the build's wheel set in "
                                  f"{sets}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def wheel_contexts(plan: Plan, project: Project) -> Iterator[Event]:
+    """Each install step's wheel set (resolved offline from the wheelhouse the
+    first time, a stamp lookup after), as BuildKit build contexts: yields
+    warnings and progress, returns {context name: folder}."""
+    from .render import wheels_context
+    out: dict[str, Path] = {}
+    wheelhouse = project.wheelhouse
+    if wheelhouse is None:
+        return out
+    for step, w in step_wants(plan, project).items():
+        for ev in ensure_wheels(w, wheelhouse):
+            if not isinstance(ev, (Info, FetchResult)):
+                yield ev
+        out[wheels_context(step)] = wheel_set(w, wheelhouse)
+    return out
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

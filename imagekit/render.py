@@ -90,19 +90,39 @@ def labels(plan: Plan) -> dict[str, str]:
     return out
 
 
-def run_prefixes(project: Project, builder: str) -> tuple[str, str]:
+INSTALL_STEPS = ("framework", "jupyter", "pip")    # the RUN steps that install Python packages
+
+
+def wheels_context(step: str) -> str:
+    """The named build context that holds install step STEP's wheels."""
+    return f"wheels-{step}"
+
+
+def run_prefixes(project: Project, builder: str):
     """(`run`, `run_pip`): how a RUN step starts that needs no network, and
-    one that installs Python packages. With BuildKit both run with no
-    network; the install step gets the wheels bind-mounted from the `wheels`
-    build context (or, with [pip] index_url and no wheelhouse, the network
-    that index needs). The classic builder has no such flags: its builds get
-    the host's network, to reach the wheelhouse served on 127.0.0.1."""
+    (a function of the install step: "framework", "jupyter" or "pip") one
+    that installs Python packages. With BuildKit both run with no network;
+    each install step gets its own wheels bind-mounted from its own build
+    context (only the files its requirements resolve to, so an image that
+    adds a package keeps its framework layer cached), or, with [pip]
+    index_url and no wheelhouse, the network that index needs. The classic
+    builder has no such flags: its builds get the host's network, to reach
+    the wheelhouse served on 127.0.0.1."""
+    def plain(step: str) -> str:
+        if step not in INSTALL_STEPS:
+            raise SpecError(f"template: run_pip({step!r}): one of {', '.join(INSTALL_STEPS)}")
+        return "RUN"
+
     if builder != "buildkit":
-        return "RUN", "RUN"
+        return "RUN", plain
     if project.wheelhouse is None:
-        return "RUN --network=none", "RUN"
-    return ("RUN --network=none",
-            f"RUN --mount=type=bind,from=wheels,target={WHEELS_MOUNT} --network=none")
+        return "RUN --network=none", plain
+
+    def mounted(step: str) -> str:
+        plain(step)
+        return (f"RUN --mount=type=bind,from={wheels_context(step)},target={WHEELS_MOUNT} "
+                "--network=none")
+    return "RUN --network=none", mounted
 
 
 def context(plan: Plan, project: Project, builder: str = "classic") -> dict:

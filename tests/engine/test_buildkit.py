@@ -172,7 +172,14 @@ def test_a_builder_on_another_engine(session_project, base_image, second_engine,
         assert api2.containers(all=True) == []
         assert (api2.volumes().get("Volumes") or []) == []
         assert leftovers(docker_api, ref) == []
+        # --load: the same build (every step cached there), the image also loaded here
+        r = session_project.run("--json", "build", name, "--builder", builder, "--load",
+                                env=env, timeout=1800)
+        assert r.code == 0, r.output[-3000:]
+        assert docker_api.inspect_image(ref)["RootFS"] == api2.inspect_image(ref)["RootFS"]
+        assert any("shipped" in e.get("message", "") for e in _events(r)), r.stdout[-2000:]
     finally:
+        docker_cli("rmi", "-f", ref)
         try:
             api2.remove_image(ref, force=True)
         except docker.errors.APIError:

@@ -55,11 +55,14 @@ def test_doctor_says_what_the_engine_is(project, docker_api):
     assert (f"classic ({t['driver']})" in store) if t["store"] == "classic" else \
         store.split(None, 1)[1].startswith(f"containerd image store ({t['driver']})")
     builders = _line(r.stdout, "builders")
-    assert "classic" in builders
-    assert ("BuildKit built in" in builders) == (t["major"] >= 23)
     bx = _buildx()
-    if t["major"] >= 23:
-        assert (f"buildx {bx}" in builders) if bx else "no working buildx plugin" in builders
+    if t["major"] >= 23 and bx:      # what `imagekit build` uses, and why
+        assert "builds use buildkit: the engine has BuildKit" in builders
+        assert f"buildx {bx}" in builders
+    elif t["major"] >= 23:
+        assert "builds use classic" in builders and "no buildx plugin" in builders
+    else:
+        assert "builds use classic" in builders and "has no BuildKit built in" in builders
     assert _line(r.stdout, "engine") and _line(r.stdout, "gpu") and _line(r.stdout, "wheelhouse")
     try:
         docker_api.inspect_image("imagekit/base:bookworm")
@@ -80,6 +83,7 @@ def test_doctor_json(project, docker_api):
     assert (d["store"], d["storage_driver"]) == (t["store"], t["driver"])
     assert d["builders"] == (["classic", "buildkit"] if t["major"] >= 23 else ["classic"])
     assert d["buildx"] == _buildx()
+    assert d["builder"] == ("buildkit" if t["major"] >= 23 and d["buildx"] else "classic")
     assert [c["name"] for c in d["checks"]][:5] == ["engine", "version", "store", "builders", "gpu"]
 
 

@@ -87,7 +87,7 @@ def tmpfs(tmp_path):
 
 
 def test_6_build_failed(tmp_path):
-    """FROM an image no engine or registry has: the build fails at step 1."""
+    """FROM an image no engine or registry has: the build fails naming it."""
     project = Project(tmp_path / "proj")
     (project.root / "imagekit.toml").write_text(
         '[pip]\nindex_url = "http://127.0.0.1:1/simple"\n')       # nothing to fetch
@@ -95,7 +95,8 @@ def test_6_build_failed(tmp_path):
     project.add(name, {"framework": {"name": "pytorch", "version": "2.13.0"},
                        "base": f"ikexit-missing-{uuid.uuid4().hex[:8]}:1", "tags": ["test"]})
     obj = one_error(project.run("--json", "build", name, timeout=300), 6)
-    assert "step 1/" in obj["message"]
+    # the classic builder fails at step 1/N (FROM); BuildKit while resolving the base
+    assert "ikexit-missing-" in obj["message"], obj
 
 
 def test_8_smoke_failed(made, docker_api):

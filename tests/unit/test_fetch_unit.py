@@ -263,20 +263,27 @@ def test_a_killed_fetch_leaves_no_partial_file(tmp_path):
     _assert_consistent(wh)
 
 
-def test_the_wheel_set_a_buildkit_build_mounts(project: Project):
-    """Only the image's wheels, as hard links into the wheelhouse, in a folder
-    named by the requirement set (the same folder, the same files, for every
-    build of that set); no resolved set is one error naming the fix."""
+def test_the_wheel_sets_a_buildkit_build_mounts(project: Project):
+    """One set per install step (the framework's alone, the spec's packages
+    with the framework's pins), each only its own wheels, as hard links into
+    the wheelhouse, in a folder named by the requirement set (the same folder,
+    the same files, for every build of that set); a set never resolved is one
+    error naming the fix."""
     (project.root / "imagekit.toml").write_text('[pip]\nwheelhouse = "wh"\n')
     project.add("setty", {"framework": {"name": "pytorch", "version": "2.13.0"},
                           "pip": ["six==1.17.0"]})
     proj = load_project(project.root)
     plan = proj.catalog.resolve("setty")
-    with pytest.raises(FetchError, match="run `imagekit fetch setty`"):
-        fetch.wheel_set(plan, proj)
+    steps = fetch.step_wants(plan, proj)
+    assert sorted(steps) == ["framework", "pip"]
+    installer = matrix.load()["installer"]
+    assert steps["framework"].requirements == (*plan.variant.pip, installer)
+    assert steps["pip"].requirements == (*plan.variant.pip, "six==1.17.0", installer)
+    w = steps["pip"]
     wh = proj.wheelhouse
+    with pytest.raises(FetchError, match="run `imagekit fetch setty`"):
+        fetch.wheel_set(w, wh)
     wh.mkdir(parents=True)
-    w = fetch.wanted(plan, proj)
     names = ["torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", "six-1.17.0-py2.py3-none-any.whl",
              "uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl"]
     for n in names:
@@ -284,11 +291,11 @@ def test_the_wheel_set_a_buildkit_build_mounts(project: Project):
     (wh / "other-1.0-py3-none-any.whl").write_bytes(b"not this image's")
     (wh / fetch.META / "ok").mkdir(parents=True)
     fetch._stamp(wh, w.key(), w, names)
-    folder = fetch.wheel_set(plan, proj)
+    folder = fetch.wheel_set(w, wh)
     assert folder == wh / fetch.META / "sets" / w.key()
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
     assert all((folder / n).stat().st_ino == (wh / n).stat().st_ino for n in names)
-    assert fetch.wheel_set(plan, proj) == folder            # made once, then found
+    assert fetch.wheel_set(w, wh) == folder                 # made once, then found
     (folder / names[0]).unlink()                            # a set that lost a file is made again
-    assert sorted(p.name for p in fetch.wheel_set(plan, proj).iterdir()) == sorted(names)
+    assert sorted(p.name for p in fetch.wheel_set(w, wh).iterdir()) == sorted(names)
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]

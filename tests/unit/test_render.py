@@ -49,7 +49,8 @@ def test_buildkit_dockerfiles_need_no_network_and_name_no_port():
                 continue
             assert "--network=none" in line, (name, line)
             if "pip install" in line:
-                assert "--mount=type=bind,from=wheels,target=/wheels" in line, (name, line)
+                assert "--mount=type=bind,from=wheels-" in line and "target=/wheels" in line, \
+                    (name, line)
         assert "127.0.0.1" not in text and str(project.config.pip.port) not in text, name
         assert str(project.wheelhouse) not in text, name
 

@@ -4,7 +4,7 @@ FROM detectron2-base:v1.0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # JupyterLab for notebook work; the platform passes its base URL in $PUMPKIN_JPY_BASE_URL
-RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+RUN --mount=type=bind,from=wheels-jupyter,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
  && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels torch==2.13.0 jupyterlab==4.6.6 \
  && rm -rf /tmp/uv
 LABEL org.opencontainers.image.title="detectron2-notebook" \

@@ -14,7 +14,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
 # TensorFlow 2.21.0 (CPU)
-RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+RUN --mount=type=bind,from=wheels-framework,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
  && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels tensorflow==2.21.0 \
  && rm -rf /tmp/uv
 ENV TF_CPP_MIN_LOG_LEVEL=1

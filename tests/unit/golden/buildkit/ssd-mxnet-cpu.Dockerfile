@@ -20,7 +20,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
 # MXNet 1.9.1 (CPU); numpy<1.24 because it still uses np.bool
-RUN --mount=type=bind,from=wheels,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+RUN --mount=type=bind,from=wheels-framework,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
  && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels mxnet==1.9.1 'numpy<1.24' \
  && rm -rf /tmp/uv
 ENV MXNET_CUDNN_AUTOTUNE_DEFAULT=0
