@@ -293,6 +293,7 @@ class SecondEngine:
                         ["ip", "addr", "add", self.address, "dev", self.bridge],
                         ["ip", "link", "set", self.bridge, "up"]):
                 subprocess.run(cmd, check=True, capture_output=True)
+            self._nat("-I")
         dockerd, env = "dockerd", None
         if self.binaries is not None:
             dockerd, env = self.binaries.dockerd, self.binaries.env()
@@ -352,6 +353,7 @@ class SecondEngine:
     def close(self) -> None:
         """Stop it for good: dockerd, its bridge, and everything under root."""
         self.stop()
+        self._nat("-D")
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         _TAKEN.discard(self.address)
         mounts = Path("/proc/mounts").read_text().splitlines()
@@ -359,6 +361,21 @@ class SecondEngine:
         for point in sorted(inside, key=len, reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _nat(self, op: str) -> None:
+        """Outbound traffic from its bridge, masqueraded, as the first engine's
+        docker0 has it (this dockerd runs with --iptables=false, so that two
+        engines never rewrite each other's chains): BuildKit's RUN steps on
+        the default network (apt-get from the Debian mirror) then reach the
+        mirror. `op`: "-I" adds the rules, "-D" removes them."""
+        net = str(ipaddress.ip_interface(self.address).network)
+        for rule in (["-t", "nat", op, "POSTROUTING", "-s", net, "!", "-o", self.bridge,
+                      "-j", "MASQUERADE"],
+                     [op, "FORWARD", "-i", self.bridge, "!", "-o", self.bridge, "-j", "ACCEPT"],
+                     [op, "FORWARD", "-o", self.bridge, "-m", "conntrack", "--ctstate",
+                      "RELATED,ESTABLISHED", "-j", "ACCEPT"]):
+            with contextlib.suppress(OSError):
+                subprocess.run(["iptables", "-w", "10", *rule], capture_output=True, timeout=30)
 
     # -- what is on it ------------------------------------------------------
     def containers(self) -> list[dict]:
