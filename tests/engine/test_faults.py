@@ -211,10 +211,14 @@ def base_on_engine2(second_engine, base_image):
     return base_image
 
 
-@pytest.mark.parametrize("sig", SIGNALS)
-def test_engine_lost_during_build(engine2, base_on_engine2, tf_image, tmp_path, sig):
+@pytest.mark.parametrize("sig,builder", [
+    pytest.param(signal.SIGTERM, "classic", id="stopped-classic"),
+    pytest.param(signal.SIGKILL, "classic", id="crashed-classic"),
+    pytest.param(signal.SIGKILL, "buildkit", id="crashed-buildkit")])
+def test_engine_lost_during_build(engine2, base_on_engine2, tf_image, tmp_path, sig, builder):
     """A root image (the TensorFlow spec plus an apt package) built on the second
-    engine, which holds its base: the engine goes away during its first RUN step."""
+    engine, which holds its base: the engine goes away during its first RUN step
+    (the classic builder's container; BuildKit's process for that step)."""
     project = Project(tmp_path / "proj")
     toml = project.root / "imagekit.toml"
     toml.write_text(toml.read_text().replace("port = 17311", f"port = {free_port()}"))
@@ -223,9 +227,13 @@ def test_engine_lost_during_build(engine2, base_on_engine2, tf_image, tmp_path, 
     api = engine2.api()
 
     def step_running() -> bool:
-        return bool(api.containers())
+        if builder == "classic":
+            return bool(api.containers())
+        return subprocess.run(["pgrep", "-f", "install -y --no-install-recommends file"],
+                              capture_output=True).returncode == 0
 
-    proc = Running(project.root, "build", name, env={"DOCKER_HOST": engine2.url})
+    proc = Running(project.root, "build", name, "--builder", builder,
+                   env={"DOCKER_HOST": engine2.url})
     proc.until(step_running, 300, "a build step to run on the second engine")
     time.sleep(1)
     engine2.stop(sig)

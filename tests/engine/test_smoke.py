@@ -159,24 +159,38 @@ def test_ctrl_c_during_smoke_removes_everything(mxnet_image, child_of, docker_ap
     assert leftovers(docker_api, built.ref) == []
 
 
-def test_ctrl_c_during_build_leaves_no_container(mxnet_image, session_project, docker_api):
+@pytest.mark.parametrize("builder", ["classic", "buildkit"])
+def test_ctrl_c_during_build_leaves_no_container(mxnet_image, session_project, docker_api,
+                                                 builder):
+    """Ctrl-C while a RUN step runs: exit 130, and the step's process (the
+    classic builder's container; BuildKit's runc process and buildx itself)
+    is gone soon after, with no image made."""
     import subprocess
     import sys
+    import time
     name = unique("ctrl-c-build")
-    session_project.add(name, {"parent": mxnet_image.name, "apt": ["curl"], "tags": ["test"]})
+    token = name.rsplit("-", 1)[-1]
+    session_project.add(name, {"parent": mxnet_image.name, "apt": ["curl"],
+                               "env": {"CTRL_C": token}, "tags": ["test"]})
     proc = subprocess.Popen([sys.executable, "-m", "imagekit", "-C", str(session_project.root),
-                             "build", name], stdout=subprocess.PIPE,
+                             "build", name, "--builder", builder, "--no-cache"],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
+    def running(pattern: str) -> bool:
+        return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
     def building():
-        return bool(docker_api.containers(all=True, filters={"ancestor": mxnet_image.ref}))
+        if builder == "classic":
+            return bool(docker_api.containers(all=True, filters={"ancestor": mxnet_image.ref}))
+        return running("install -y --no-install-recommends curl")
 
     code = _interrupt_when(proc, building)
     assert code == 130, proc.stderr.read()
-    import time
     for _ in range(30):  # the engine cancels the build when the client goes away
-        if not building():
+        if not building() and not running(f"buildx build.*{name}:test"):
             break
         time.sleep(1)
-    assert not building(), "the build's container was left behind"
+    assert not building(), "the build's step was left running"
+    assert not running(f"buildx build.*{name}:test"), "buildx was left running"
     assert docker_api.images(name=name) == []
