@@ -71,6 +71,11 @@ class PushVia(str, Enum):
     engine = "engine"
 
 
+class Compression(str, Enum):
+    gzip = "gzip"
+    zstd = "zstd"
+
+
 class Output(str, Enum):
     auto = "auto"
     rich = "rich"
@@ -100,11 +105,11 @@ BuilderOpt = Annotated[str | None, typer.Option(
     "where the engine has it and buildx is installed, else classic.")]
 
 
-def _builder(choose, engine, requested: str):
+def _builder(choose, engine, requested: str, **kw):
     """The chosen builder, or a usage error (exit 2) naming what is missing."""
     from .errors import EngineError
     try:
-        return choose(engine, requested)
+        return choose(engine, requested, **kw)
     except EngineUnavailable:
         raise
     except EngineError as e:
@@ -335,6 +340,11 @@ def build(
     cache_from: Annotated[str | None, typer.Option(
         "--cache-from", metavar="REPOSITORY", help="Take cached layers from a build cache "
         "exported with --cache-to.")] = None,
+    compression: Annotated[Compression | None, typer.Option(
+        "--compression", help="How BuildKit compresses layers into the containerd image store, "
+        "which is how pushes send them: gzip (level 1; every puller reads it) or zstd (OCI "
+        "media types; containerd 1.5+ / Docker 23+ pull it). Default: [build] compression, "
+        "else gzip.")] = None,
     load_here: Annotated[bool, typer.Option(
         "--load", help="With a builder on another engine: also load each built image into "
         "this one (streamed from that engine's export, nothing on disk).")] = False,
@@ -354,7 +364,9 @@ def build(
     project = state.project
     plans = _plans(project, _names(project, names, all_))
     local = Engine.connect()
-    builder = _builder(choose, local, builder_name or project.config.build.builder)
+    builder = _builder(choose, local, builder_name or project.config.build.builder,
+                       compression=(compression.value if compression else
+                                    project.config.build.compression))
     engine = builder.engine            # where the images land: another engine's builder's, there
     left_out = []
     if all_ and not include_gpu and not engine.gpu_capable():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tomllib
 from pydantic import Field, ValidationError
@@ -80,6 +80,9 @@ class BuildSection(_Strict):
     of a buildx builder (`docker buildx ls`)."""
 
     builder: str = Field("auto", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # how BuildKit compresses layers into the containerd image store (what pushes send):
+    # gzip (level 1, every puller reads it) or zstd (OCI; containerd 1.5+ / Docker 23+)
+    compression: Literal["gzip", "zstd"] = "gzip"
 
 
 class AptSection(_Strict):

@@ -255,3 +255,34 @@ def test_a_bad_cache_reference_is_a_usage_error(project):
     project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}})
     r = project.run("build", "x", "--cache-to", "Not A/Ref!")
     assert r.code == 2 and "--cache-to/--cache-from" in r.stderr and "Traceback" not in r.output
+
+
+def test_the_containerd_store_gets_the_chosen_compression(tmp_path):
+    """On the containerd store the export's compression is what pushes send:
+    gzip level 1 by default, zstd with OCI media types on request; the
+    classic store (which keeps layers uncompressed) loads as it is."""
+    cd = _Engine()
+    cd._facts = EngineFacts(where=cd.where, server_version="26.1.5", buildkit=True,
+                            store="containerd")
+
+    def output(builder) -> list[str]:
+        cmd = builder.command(tmp_path, "x:1", tmp_path / "m.json", nocache=False, contexts={},
+                              out=None)
+        return cmd[cmd.index("--output") + 1:-1] if "--output" in cmd else \
+            [c for c in cmd if c == "--load"]
+
+    assert output(BuildxBuilder(cd)) == [
+        "type=image,name=x:1,compression=gzip,compression-level=1,force-compression=true"]
+    assert output(BuildxBuilder(cd, compression="zstd")) == [
+        "type=image,name=x:1,compression=zstd,compression-level=3,force-compression=true,"
+        "oci-mediatypes=true"]
+    assert output(BuildxBuilder(_Engine(), compression="zstd")) == ["--load"]
+    assert choose(cd, "auto", buildx=WORKS, compression="zstd").compression == "zstd"
+
+
+def test_build_compression_in_imagekit_toml_is_validated(project):
+    cfg = project.root / "imagekit.toml"
+    project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}})
+    cfg.write_text('[build]\ncompression = "lz4"\n' + cfg.read_text())
+    r = project.run("render", "x")
+    assert r.code == 3 and "build.compression" in r.stderr and "Traceback" not in r.output
