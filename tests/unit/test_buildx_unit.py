@@ -217,14 +217,18 @@ def test_a_failing_buildx_is_one_error(tmp_path, monkeypatch):
     assert BuildOutput("before-fail") in items
 
 
-def test_build_builder_in_imagekit_toml_is_validated(project):
+@pytest.mark.parametrize("key,value", [("builder", "no such;builder"), ("compression", "lz4")])
+def test_build_section_in_imagekit_toml_is_validated(project, key, value):
     cfg = project.root / "imagekit.toml"
     project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}})
-    cfg.write_text('[build]\nbuilder = "no such;builder"\n' + cfg.read_text())
+    text = cfg.read_text()
+    cfg.write_text(f'[build]\n{key} = "{value}"\n' + text)
     r = project.run("render", "x")
-    assert r.code == 3 and "build.builder" in r.stderr and "Traceback" not in r.output
+    assert r.code == 3 and f"build.{key}" in r.stderr and "Traceback" not in r.output
     assert len(r.stderr.strip().splitlines()) == 1
-    cfg.write_text(cfg.read_text().replace('"no such;builder"', '"classic"'))
+    if key != "builder":
+        return
+    cfg.write_text('[build]\nbuilder = "classic"\n' + text)
     r = project.run("render", "x")
     assert r.code == 0 and "127.0.0.1" in r.stdout and "--network=none" not in r.stdout
     r = project.run("render", "x", "--builder", "buildkit")
@@ -279,10 +283,3 @@ def test_the_containerd_store_gets_the_chosen_compression(tmp_path):
     assert output(BuildxBuilder(_Engine(), compression="zstd")) == ["--load"]
     assert choose(cd, "auto", buildx=WORKS, compression="zstd").compression == "zstd"
 
-
-def test_build_compression_in_imagekit_toml_is_validated(project):
-    cfg = project.root / "imagekit.toml"
-    project.add("x", {"framework": {"name": "pytorch", "version": "2.13.0"}})
-    cfg.write_text('[build]\ncompression = "lz4"\n' + cfg.read_text())
-    r = project.run("render", "x")
-    assert r.code == 3 and "build.compression" in r.stderr and "Traceback" not in r.output
