@@ -707,7 +707,7 @@ class Bench:
                   Row("cold build + push to 2 registries", "s", it, dt, max_ratio=0.35)]
         s.notes.append(
             f"Engine {version}, {store} store. The imagekit side builds with BuildKit through buildx "
-            "(its default here): the wheels as the `wheels` build context, uv, no network in RUN "
+            "(its default here): each install step's wheels as a build context, uv, no network in RUN "
             "steps. The docker CLI side is the same spec as a user builds it: imagekit's classic "
             "Dockerfile with pip installing (measurement 7's macro) from the same wheelhouse, served "
             f"on 127.0.0.1:{PORT} by `python -m http.server`, built with `docker build --network host` "

@@ -1,8 +1,9 @@
 """Build stage: render the plan for the builder, pack a minimal build context,
 build one image with it (the engine's classic builder, or BuildKit through
 buildx), and turn the builder's items into events. The classic builder gets
-the wheelhouse served on 127.0.0.1 and the host's network; BuildKit gets the
-image's wheel set as the `wheels` build context and no network. Records each
+the wheelhouse served on 127.0.0.1 and the host's network; BuildKit gets each
+install step's wheel set as a build context of its own (fetch.wheel_contexts)
+and no network. Records each
 build (image ID, spec digest, log) with records.write. Building many images,
 parents first and in parallel, is graph.py's job."""
 

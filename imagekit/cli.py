@@ -105,13 +105,12 @@ BuilderOpt = Annotated[str | None, typer.Option(
     "where the engine has it and buildx is installed, else classic.")]
 
 
-def _builder(choose, engine, requested: str, **kw):
+def _builder(engine, requested: str, **kw):
     """The chosen builder, or a usage error (exit 2) naming what is missing."""
+    from .engine import choose
     from .errors import EngineError
     try:
         return choose(engine, requested, **kw)
-    except EngineUnavailable:
-        raise
     except EngineError as e:
         raise UsageError(f"builder: {e.message}") from None
 
@@ -257,9 +256,8 @@ def _builder_kind(requested: str) -> str:
     """"classic" or "buildkit": the Dockerfile a build with `requested` gets."""
     if requested in ("classic", "buildkit"):
         return requested
-    from .engine import choose
     try:
-        return _builder(choose, Engine.connect(timeout=10), requested).kind
+        return _builder(Engine.connect(timeout=10), requested).kind
     except EngineUnavailable:      # no engine to ask: what this machine's buildx could do
         from .engine import find_buildx
         return "buildkit" if requested != "auto" or find_buildx().works else "classic"
@@ -354,7 +352,6 @@ def build(
     wheels and the base image are brought first when missing."""
     from . import base, fetch, graph
     from . import smoke as smoke_stage
-    from .engine import choose
     for ref in (cache_to, cache_from):
         if ref:
             try:
@@ -364,7 +361,7 @@ def build(
     project = state.project
     plans = _plans(project, _names(project, names, all_))
     local = Engine.connect()
-    builder = _builder(choose, local, builder_name or project.config.build.builder,
+    builder = _builder(local, builder_name or project.config.build.builder,
                        compression=(compression.value if compression else
                                     project.config.build.compression))
     engine = builder.engine            # where the images land: another engine's builder's, there
@@ -384,10 +381,7 @@ def build(
         from .ship import ship
         target = targets.resolve(project, engine, plan.name)
         if load_here and engine is not local:
-            try:
-                yield from ship(project, target, engine, local, "this engine")
-            except SmokeError as e:
-                raise BuildError(e.message) from None
+            yield from ship(project, target, engine, local, "this engine", error=BuildError)
         if smoke:
             yield from smoke_stage.smoke(smoke_stage.SmokeTarget.of(target), project, engine,
                                          gpu=gpu.value, network=network,

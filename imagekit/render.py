@@ -1,8 +1,8 @@
 """Render stage: a resolved spec -> Dockerfile text. A pure function of the
 plan, the project config and the builder kind: the same inputs give the same
 bytes. The classic builder's Dockerfile installs from the wheelhouse served
-on 127.0.0.1 (host network); BuildKit's mounts the wheels as a build context
-into the install steps and runs every RUN step but the system packages'
+on 127.0.0.1 (host network); BuildKit's mounts each install step's wheels
+from a build context of its own and runs every RUN step but the system packages'
 with no network, so no port is in it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .errors import SpecError
 from .spec import PLATFORM_MOUNTS, Plan, display_path
 
 WHEELHOUSE_HOST = "127.0.0.1"
-WHEELS_MOUNT = "/wheels"          # where a BuildKit build's RUN steps see the `wheels` context
+WHEELS_MOUNT = "/wheels"          # where a BuildKit install step sees its wheels-STEP context
 BUILDERS = ("classic", "buildkit")
 
 

@@ -17,8 +17,9 @@ from .targets import ImageTarget
 
 
 def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: EngineAPI,
-         where: str) -> Iterator[Event]:
-    """Make `target.ref` name the same image ID on `remote`."""
+         where: str, error: type[ImagekitError] = SmokeError) -> Iterator[Event]:
+    """Make `target.ref` name the same image ID on `remote`; a failure raises
+    `error` (the verb's own: smoke's, or build's for `build --load`)."""
     name, image_id = target.name, target.image_id
     repo, _, tag = target.ref.rpartition(":") if ":" in target.ref.rsplit("/", 1)[-1] \
         else (target.ref, "", "latest")
@@ -61,11 +62,11 @@ def ship(project: Project, target: ImageTarget, local: EngineAPI, remote: Engine
                                            "shipping"))
     err = outcome.get("error")
     if isinstance(err, ImagekitError):
-        raise SmokeError(f"{name}: shipping {target.ref} to {where} failed: {err.message}")
+        raise error(f"{name}: shipping {target.ref} to {where} failed: {err.message}")
     if err is not None:
         raise err
     got = remote.image(target.ref)
     if got is None or got.key != key:
-        raise SmokeError(f"{name}: after shipping, {where} holds "
+        raise error(f"{name}: after shipping, {where} holds "
                          f"{got.id[:19] if got else 'no'} {target.ref}, not {image_id[:19]}")
     yield Info(name, f"shipped {target.ref} to {where} ({sent[0] / 1e6:.0f} MB streamed)")
