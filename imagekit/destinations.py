@@ -5,10 +5,12 @@ were given for."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from . import reference
 from .errors import ImagekitError, UsageError
+from .peer import keep_secret
 
 ENV_USER = "IMAGEKIT_REGISTRY_USER"
 ENV_PASSWORD = "IMAGEKIT_REGISTRY_PASSWORD"
@@ -45,11 +47,45 @@ class Credentials:
     source: str = ""
     hosts: frozenset[str] | None = None   # the registries they were given for (None: unbound)
 
+    def __post_init__(self) -> None:
+        keep_secret(self.password, self.username)
+
     def for_host(self, registry: str) -> bool:
         return self.hosts is not None and registry in self.hosts
 
     def auth(self, registry: str) -> dict:
         return {"username": self.username, "password": self.password, "serveraddress": registry}
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def credential_problem(username: str = "", password: str = "", token: str = "") -> str:
+    """Why credentials cannot be sent as they are ("" when they can): a
+    username with ':' (Basic authentication cannot carry it) or a control
+    character anywhere (a line break pasted or read with a password or token).
+    Never quotes the value."""
+    if ":" in username:
+        return "the username contains ':', which Basic authentication cannot carry"
+    for what, value in (("username", username), ("password", password),
+                        ("identity token", token)):
+        bad = _CONTROL.search(value or "")
+        if bad:
+            return (f"the {what} contains a control character ({reference.char_name(bad.group())} "
+                    f"at character {bad.start() + 1}); check how it was pasted or read")
+    return ""
+
+
+def auth_problem(auth: dict | None) -> str:
+    """credential_problem() of a Docker auth config dict (username/password,
+    identitytoken, or the base64 `auth` of a Docker config file)."""
+    if not auth:
+        return ""
+    get = {str(k).lower(): str(v or "") for k, v in auth.items()}
+    for key in ("password", "identitytoken", "auth", "registrytoken"):
+        keep_secret(get.get(key), get.get("username", ""))
+    return credential_problem(get.get("username", ""), get.get("password", ""),
+                              get.get("identitytoken", "") or get.get("registrytoken", ""))
 
 
 def destination(text: str, repository: str, tag: str) -> Destination:

@@ -41,6 +41,7 @@ from .events import (
     Warn,
     count,
 )
+from .peer import redact, shown
 from .reference import printable
 
 out = Console(highlight=False)
@@ -102,7 +103,7 @@ class Display:
                 error(f"{ev.image}: {ev.message}" if ev.image else ev.message, as_json=True,
                       code=ev.exit_code)
                 return
-            print(json.dumps(ev.to_dict(), default=str), flush=True)
+            print(redact(json.dumps(ev.to_dict(), default=str)), flush=True)
             return
         row = self.rows.setdefault(ev.image, _Row()) if ev.image else None
         if isinstance(ev, Step):
@@ -153,6 +154,7 @@ class Display:
             self.live.update(self._render())
 
     def _line(self, text: str, style: str = "", always: bool = False) -> None:
+        text = shown(text)        # a peer's words in a line: secrets out, controls escaped
         if self.mode == "plain":
             print(text, flush=True)
         elif always:
@@ -364,12 +366,21 @@ def error(message: str, details: list[str] | None = None, *, as_json: bool = Fal
     """An error: one line on stderr (then its details, dimmed), or with --json
     one JSON object {"event": "error", "message", "exit_code", "details"}."""
     if as_json:
-        print(json.dumps({"event": "error", "message": message, "exit_code": code,
-                          "details": details or []}), file=sys.stderr, flush=True)
+        print(redact(json.dumps({"event": "error", "message": _cut(message), "exit_code": code,
+                                 "details": [_cut(d) for d in details or []]})),
+              file=sys.stderr, flush=True)
         return
-    err.print(Text(f"imagekit: {message}", style="bold red"))
+    err.print(Text(shown(f"imagekit: {_cut(message)}"), style="bold red"))
     for d in details or []:
-        err.print(Text(f"  {d}", style="dim"))
+        err.print(Text(shown(f"  {_cut(d)}"), style="dim"))
+
+
+ERROR_LIMIT = 2000   # characters of one error line: peers' words are cut where they come in
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= ERROR_LIMIT else \
+        f"{text[:ERROR_LIMIT]}... ({len(text) - ERROR_LIMIT} more characters)"
 
 
 def is_tty() -> bool:

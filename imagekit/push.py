@@ -36,6 +36,7 @@ from .destinations import (  # noqa: F401 - the stage's public names
     Credentials,
     Destination,
     Done,
+    auth_problem,
     credentials,
     destination,
 )
@@ -111,6 +112,10 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
             yield Warn(name, f"{creds.source} not sent to {d.registry}: they were given for "
                              f"{', '.join(sorted(creds.hosts or [])) or 'no named registry'} "
                              f"(name the host with --to or {ENV_REGISTRY})")
+    for host, (auth, source) in auths.items():      # malformed: refused here, never retried
+        problem = auth_problem(auth)
+        if problem:
+            raise AuthError(f"{name}: credentials for {host} from {source} not sent: {problem}")
     secrets = [creds.password] if creds else []
     secrets += [str(a.get(k, "")) for a, _ in auths.values() if a
                 for k in ("password", "Password", "IdentityToken", "identitytoken", "auth")]

@@ -26,7 +26,18 @@ to a host other than localhost; a bearer token only to the registry host.
 Secrets never appear in an event, an exception message or a repr.
 
 Plain HTTP for localhost / 127.0.0.1 / ::1 registries (as the engine does),
-HTTPS for every other."""
+HTTPS for every other.
+
+Every wait is bounded by what it waits for: a connection in CONNECT seconds,
+the ping, a token, a HEAD or any other small request in ANSWER seconds, a
+blob's bytes by progress (STALL seconds without a byte moving); a request
+sequence is tried at most RETRIES + 1 times in a row without progress, and no
+retry starts later than RETRY_WINDOW seconds after a destination's first
+failure. Before the export is read, each registry is pinged and the
+credentials are tried (Basic: against /v2/; Bearer: a token for the push's
+scopes), so that a wrong password or a registry that does not answer costs
+seconds, not the export. What a registry or token service says goes through
+peer_text (one bounded line) and the redaction of every secret held."""
 
 from __future__ import annotations
 
@@ -36,6 +47,7 @@ import hashlib
 import queue
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -46,9 +58,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import requests.adapters
+import urllib3
 
+from .destinations import credential_problem
 from .errors import AuthError, DirectPushUnsupported, ImagekitError, Interrupted, PushError
 from .layers import Blob, Compressing, Format, Image, LayerReady, get_format, read_export
+from .peer import keep_secret, peer_text, redact
+from .reference import char_name
 
 CHUNK = 32 * 1024 * 1024     # bytes per PATCH; a resume goes on from the last one acknowledged
 PIECE = 1024 * 1024          # bytes handed to the socket at a time
@@ -56,7 +73,12 @@ JOBS = 3                     # blobs uploaded at once per destination
 RETRIES = 4                  # tries in a row without progress, per request sequence
 BACKOFF = 1.0                # seconds before the first retry; doubles, at most BACKOFF_MAX
 BACKOFF_MAX = 16.0
-TIMEOUT = (15.0, 300.0)      # connect, read
+CONNECT = 10.0               # seconds to open a connection (TCP and TLS)
+ANSWER = 10.0                # seconds for the answer to a small request (ping, token, HEAD, POST)
+STALL = 60.0                 # seconds a blob transfer may go without a byte moving
+RETRY_WINDOW = 300.0         # no retry starts this long after a destination's first failure
+PING_TRIES = 2               # a registry that does not answer its ping twice is not retried
+TIMEOUT = (CONNECT, ANSWER)
 TOKEN_MARGIN = 10.0          # refresh a token this many seconds before it expires
 LOOPBACK = re.compile(r"^(?:localhost|127(?:\.\d{1,3}){3}|\[::1\]|::1|[a-z0-9.-]+\.localhost)"
                       r"(?::\d+)?$", re.IGNORECASE)
@@ -80,6 +102,10 @@ class Auth:
     password: str = field(default="", repr=False)
     identity_token: str = field(default="", repr=False)
 
+    def __post_init__(self) -> None:
+        keep_secret(self.password, self.username)
+        keep_secret(self.identity_token)
+
     @classmethod
     def from_docker(cls, config: Mapping | None) -> Auth | None:
         """From a docker auth config dict (username/password, IdentityToken, or
@@ -95,6 +121,10 @@ class Auth:
         if not (user or pw or token):
             return None
         return cls(user, pw, token)
+
+    def problem(self) -> str:
+        """Why these credentials cannot be sent ("" when they can)."""
+        return credential_problem(self.username, self.password, self.identity_token)
 
     def secrets(self) -> list[str]:
         out = [s for s in (self.password, self.identity_token) if s]
@@ -114,6 +144,13 @@ class Target:
     @property
     def ref(self) -> str:
         return f"{self.registry}/{self.repository}:{self.tag}"
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# RFC 6750's b64token: what a bearer token may hold in an Authorization header
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+MAX_TOKEN = 64 * 1024
+MAX_BODY = 1024 * 1024       # bytes of an answer's body read at most (errors, tokens)
 
 
 def is_loopback(host: str) -> bool:
@@ -226,6 +263,7 @@ class PushSummary:
     results: list[TargetResult]
     export_seconds: float        # reading + compressing, from the first byte asked to the last
     seconds: float
+    image: Image | None = field(default=None, repr=False)   # what was read, to push again
 
     @property
     def ok(self) -> bool:
@@ -256,16 +294,23 @@ def parse_challenge(header: str) -> _Challenge | None:
 def _error_text(resp: requests.Response) -> str:
     """The registry's own words: its `errors` list, else the status line."""
     with contextlib.suppress(ValueError, AttributeError, TypeError):
-        errors = resp.json().get("errors") or []
-        parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors]
-        if parts:
-            return f"{resp.status_code} {'; '.join(parts)}"
-    return f"{resp.status_code} {resp.reason or ''}".strip()
+        if len(resp.content) <= 1024 * 1024:
+            errors = resp.json().get("errors") or []
+            parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                     for e in errors[:5] if isinstance(e, dict)]
+            if parts:
+                return f"{resp.status_code} {peer_text('; '.join(parts))}"
+    line = f"{resp.status_code} {peer_text(resp.reason or '', 80)}".strip()
+    body = getattr(resp, "_content", None) or b""
+    if isinstance(body, bytes) and body.strip():
+        line += f": {peer_text(body, 200)}"
+    return line
 
 
 def _codes(resp: requests.Response) -> set[str]:
     with contextlib.suppress(ValueError, AttributeError, TypeError):
-        return {str(e.get("code")) for e in resp.json().get("errors") or []}
+        if len(resp.content) <= 1024 * 1024:
+            return {str(e.get("code"))[:64] for e in (resp.json().get("errors") or [])[:20]}
     return set()
 
 
@@ -325,6 +370,8 @@ class Registry:
             s = requests.Session()
             s.auth = lambda r: r            # never ~/.netrc: only the credentials given here
             s.headers["User-Agent"] = "imagekit"
+            for scheme in ("http://", "https://"):
+                s.mount(scheme, _WatchedAdapter())
             self._local.session = s
         return s
 
@@ -332,7 +379,7 @@ class Registry:
         for s in self._secrets:
             if s:
                 text = text.replace(s, "***")
-        return text
+        return redact(text)
 
     def url(self, path_or_url: str) -> str:
         return urllib.parse.urljoin(self.base + "/", path_or_url)
@@ -341,30 +388,125 @@ class Registry:
         u = urllib.parse.urlsplit(url)
         return u.scheme == self.scheme and u.netloc.lower() == self.api_host.lower()
 
-    def _send(self, method: str, url: str, **kw) -> requests.Response:
+    def _send(self, method: str, url: str, *, big: bool = False, **kw) -> requests.Response:
+        """One HTTP request, bounded: a small one has ANSWER seconds for all of
+        it (connect included: a registry that trickles is cut off), a big one
+        (a blob's bytes) CONNECT to connect, STALL seconds per socket
+        operation, and ANSWER for its answer's body. At most MAX_BODY bytes
+        of any answer are read (a registry that floods costs that much)."""
+        what = f"{method} {urllib.parse.urlsplit(url).path} on {self.host}"
+        fired = threading.Event()
+        session = self.session
+        box: dict = {}                     # the connection in use, for the watchdog
+        _watch.box = box
+
+        def cut_off() -> None:
+            fired.set()
+            sock = getattr(box.get("conn"), "sock", None)
+            with contextlib.suppress(Exception):
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)   # wakes a read blocked on a trickle
+            with contextlib.suppress(Exception):
+                session.close()
+
+        timer = None if big else threading.Timer(ANSWER, cut_off)
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
-            return self.session.request(method, url, timeout=self.timeout, **kw)
-        except requests.RequestException as e:
-            text = " ".join(str(e).split())
-            reason = next((w for w in ("connection refused", "connection reset", "timed out",
-                                       "name or service not known", "connection aborted",
-                                       "remote end closed connection")
-                           if w in text.lower()), "")
-            reason = reason or f"{type(e).__name__}: {self.redact(text)[:200]}"
-            raise TransientPushError(f"{method} {urllib.parse.urlsplit(url).path} on {self.host}: "
-                                     f"{reason}") from None
+            try:
+                resp = session.request(method, url, timeout=(CONNECT, STALL if big else ANSWER),
+                                       stream=True, **kw)
+            except requests.RequestException as e:
+                if fired.is_set():
+                    raise TransientPushError(f"{what}: no complete answer within "
+                                             f"{ANSWER:g}s") from None
+                raise TransientPushError(f"{what}: {self._reason(e, big)}") from None
+            if timer is None:
+                timer = threading.Timer(ANSWER, cut_off)
+                timer.daemon = True
+                timer.start()
+            data = bytearray()
+            try:
+                for piece in resp.iter_content(64 * 1024):
+                    data += piece
+                    if len(data) > MAX_BODY:
+                        break
+            except (requests.RequestException, OSError, ValueError, AttributeError) as e:
+                if fired.is_set():
+                    raise TransientPushError(f"{what}: no complete answer within "
+                                             f"{ANSWER:g}s") from None
+                raise TransientPushError(f"{what}: {self._reason(e)}") from None
+            finally:
+                if len(data) > MAX_BODY or fired.is_set():
+                    resp.close()
+                    self._local.session = None
+            resp._content = bytes(data[:MAX_BODY])          # what .json() and .text read
+            resp._content_consumed = True
+            return resp
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if fired.is_set():
+                self._local.session = None
+
+    def _reason(self, e: Exception, big: bool = False) -> str:
+        text = " ".join(str(e).split()).lower()
+        reason = next((w for w in ("connection refused", "connection reset", "timed out",
+                                   "name or service not known", "connection aborted",
+                                   "remote end closed connection", "certificate verify failed")
+                       if w in text), "")
+        if reason == "timed out":
+            return (f"nothing moved for {STALL:g}s" if big else
+                    f"no answer in time (limits: connect {CONNECT:g}s, answer {ANSWER:g}s)")
+        return reason or f"{type(e).__name__}: {peer_text(redact(self.redact(str(e))), 200)}"
 
     def ping(self) -> None:
-        """GET /v2/: learn how the registry wants to be authenticated."""
-        resp = self._send("GET", self.url("/v2/"), allow_redirects=False)
+        """GET /v2/: learn how the registry wants to be authenticated. A
+        registry that does not answer it in time, PING_TRIES times, is
+        unreachable: not worth reading the export for."""
+        for attempt in range(PING_TRIES):
+            try:
+                resp = self._send("GET", self.url("/v2/"), allow_redirects=False)
+                break
+            except TransientPushError as e:
+                if attempt + 1 >= PING_TRIES:
+                    raise PushError(f"{self.host} did not answer the registry API's ping "
+                                    f"(GET /v2/, tried {PING_TRIES} times): {e.message}") from None
+                time.sleep(1.0)
         if resp.status_code == 401:
-            self._challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+            self._challenge = parse_challenge(resp.headers.get("WWW-Authenticate", "")[:4096])
         elif resp.status_code >= 500 or resp.status_code == 429:
             raise TransientPushError(f"{self.host}: /v2/ answered {_error_text(resp)}")
         elif resp.status_code not in (200, 401):
             raise DirectPushUnsupported(f"{self.host} does not speak the registry API v2 "
                             f"(GET /v2/ answered {resp.status_code})")
         self._pinged = True
+
+    def check_auth(self, scopes: Iterable[str]) -> None:
+        """Before anything is read or sent: the registry answers, and takes
+        the credentials (Basic: GET /v2/ with them; Bearer: a token for these
+        scopes). Raises AuthError (refused, or malformed), PushError or
+        TransientPushError."""
+        if self.auth is not None and self.auth.problem():
+            raise AuthError(f"{self.host}: credentials not sent: {self.auth.problem()}")
+        self._ensure_ping()
+        ch = self._challenge
+        if ch is None:
+            return
+        if ch.scheme == "basic":
+            header = self._authorization(frozenset(scopes))
+            resp = self._send("GET", self.url("/v2/"), headers={"Authorization": header or ""},
+                              allow_redirects=False)
+            if resp.status_code in (401, 403):
+                raise AuthError(f"{self.host}: the registry refused the credentials given: "
+                                f"{self.redact(_error_text(resp))}")
+            if resp.status_code >= 500 or resp.status_code == 429:
+                raise TransientPushError(f"{self.host}: /v2/ answered {_error_text(resp)}")
+        elif ch.scheme == "bearer":
+            self._token(frozenset(scopes))
+        else:
+            self._authorization(frozenset(scopes))      # raises: a scheme not spoken here
 
     def _ensure_ping(self) -> None:
         if not self._pinged:
@@ -396,7 +538,6 @@ class Registry:
                 return held[0]
             token, lifetime = self._fetch_token(scopes)
             self._tokens[scopes] = (token, self.clock() + max(lifetime - TOKEN_MARGIN, lifetime / 2))
-            self._secrets.append(token)
             return token
 
     def _fetch_token(self, scopes: frozenset) -> tuple[str, float]:
@@ -440,15 +581,26 @@ class Registry:
             body = resp.json()
             token = str(body.get("token") or body.get("access_token") or "")
             lifetime = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, OverflowError):
             token, lifetime = "", 0.0
         if not token:
             raise AuthError(f"{self.host}: the token service gave no token")
-        return token, max(lifetime, 1.0)
+        keep_secret(token)
+        self._secrets.append(token)
+        if len(token) > MAX_TOKEN or not _TOKEN.fullmatch(token):
+            bad = _CONTROL.search(token)
+            why = f"it contains {char_name(bad.group())}" if bad else \
+                f"it is {len(token)} characters long" if len(token) > MAX_TOKEN else \
+                "it holds characters a bearer token cannot"
+            raise AuthError(f"{self.host}: the token service at {u.netloc} gave a malformed "
+                            f"token ({why}); not sent, not retried")
+        if lifetime != lifetime or lifetime <= 0:       # NaN or nonsense: a minute
+            lifetime = 60.0
+        return token, min(max(lifetime, 1.0), 24 * 3600.0)
 
     def request(self, method: str, url: str, scopes: Iterable[str], *, ok: Iterable[int],
                 headers: Mapping[str, str] | None = None, body: Callable[[], object] | None = None,
-                what: str = "") -> requests.Response:
+                what: str = "", big: bool = False) -> requests.Response:
         """One API request with auth; on 401, authenticate again once (a new
         challenge, a fresh token) and resend. Returns a response whose status is
         in `ok`; raises AuthError, TransientPushError or PushError otherwise."""
@@ -463,7 +615,7 @@ class Registry:
                 if auth:
                     h["Authorization"] = auth
             resp = self._send(method, url, headers=h, data=body() if body else None,
-                              allow_redirects=method in ("GET", "HEAD"))
+                              allow_redirects=method in ("GET", "HEAD"), big=big)
             if resp.status_code in ok:
                 return resp
             if resp.status_code == 401 and attempt == 0:
@@ -532,7 +684,7 @@ class Registry:
             "PATCH", url, self.scopes(repo), ok=(202, 204),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(length),
                      "Content-Range": f"{start}-{start + length - 1}"},
-            body=lambda: _Body(blob, start, length, count, cancel), what="upload chunk")
+            body=lambda: _Body(blob, start, length, count, cancel), what="upload chunk", big=True)
         return self.url(resp.headers.get("Location") or url)
 
     def finish_upload(self, repo: str, url: str, blob: Blob, body_from: int | None,
@@ -551,7 +703,8 @@ class Registry:
             def body() -> _Body:
                 return _Body(blob, body_from, n, count, cancel)
         resp = self.request("PUT", put_url, self.scopes(repo), ok=(201, 204), headers=headers,
-                            body=body, what=f"commit blob {blob.digest[:19]}")
+                            body=body, what=f"commit blob {blob.digest[:19]}",
+                            big=body_from is not None)
         got = resp.headers.get("Docker-Content-Digest")
         if got and got != blob.digest:
             raise PushError(f"{self.host}: the registry stored {got} for blob {blob.digest}")
@@ -567,6 +720,32 @@ class Registry:
         resp = self.request("HEAD", f"/v2/{repo}/manifests/{reference}", self.scopes(repo),
                             ok=(200, 404), headers={"Accept": media_type}, what="HEAD manifest")
         return resp.headers.get("Docker-Content-Digest", "") if resp.status_code == 200 else ""
+
+
+_watch = threading.local()
+
+
+def _watched(pool_class):
+    class Watched(pool_class):
+        """Remembers, for the thread that asked, the connection it is given,
+        so that a request's watchdog can shut that socket."""
+
+        def _get_conn(self, timeout=None):
+            conn = super()._get_conn(timeout)
+            box = getattr(_watch, "box", None)
+            if box is not None:
+                box["conn"] = conn
+            return conn
+    return Watched
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    POOLS = {"http": _watched(urllib3.HTTPConnectionPool),
+             "https": _watched(urllib3.HTTPSConnectionPool)}
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(self.POOLS)
 
 
 def parse_range(header: str) -> int | None:
@@ -638,6 +817,16 @@ class _Dest:
         self.lock = threading.Lock()
         self.error: PushError | None = None
         self.started = time.monotonic()
+        self.first_failure: float | None = None
+
+    def may_retry(self, attempt: int, retries: int, cancel: threading.Event) -> bool:
+        """Whether a failed request sequence is tried again: at most RETRIES
+        times in a row, and none after RETRY_WINDOW seconds of failing."""
+        now = time.monotonic()
+        if self.first_failure is None:
+            self.first_failure = now
+        return attempt <= retries and not cancel.is_set() and \
+            now - self.first_failure < RETRY_WINDOW
 
     def count(self, n: int) -> None:
         with self.lock:
@@ -661,6 +850,32 @@ class _Push:
         self.refs: dict[str, int] = {}
         self.refs_lock = threading.Lock()
         self.secrets = [s for a in auths.values() if a for s in a.secrets()]
+        self.keep = False            # the caller keeps the blobs (to push again from them)
+        self.failed_early: list[_Dest] = []
+
+    def preflight(self) -> None:
+        """Each registry answers and takes its credentials before the export
+        is read: a destination that fails here is done (TargetFailed now)."""
+        by_host: dict[str, list[_Dest]] = {}
+        for d in self.dests:
+            by_host.setdefault(d.target.registry, []).append(d)
+        for dests in by_host.values():
+            reg = dests[0].registry
+            scopes = sorted({s for d in dests for s in reg.scopes(d.repo)})
+            try:
+                self._retrying(dests[0], "registry check",
+                               lambda r=reg, s=scopes: r.check_auth(s))
+            except ImagekitError as e:
+                for d in dests:
+                    self._fail(d, e)
+                    self.emit(TargetFailed(d.ref, d.error, 0))  # type: ignore[arg-type]
+                    self.failed_early.append(d)
+            except Exception as e:  # noqa: BLE001 - this registry's failure, not the push's
+                for d in dests:
+                    self._fail(d, PushError(f"{type(e).__name__}: {e}"))
+                    self.emit(TargetFailed(d.ref, d.error, 0))  # type: ignore[arg-type]
+                    self.failed_early.append(d)
+        self.dests = [d for d in self.dests if d not in self.failed_early]
 
     def emit(self, event: object) -> None:
         self.events.put(event)
@@ -676,7 +891,7 @@ class _Push:
         with self.refs_lock:
             self.refs[blob.digest] -= 1
             last = self.refs[blob.digest] == 0
-        if last and blob.path is not None:
+        if last and blob.path is not None and not self.keep:
             with contextlib.suppress(OSError):
                 blob.path.unlink()
 
@@ -704,7 +919,7 @@ class _Push:
                 return fn()
             except TransientPushError as e:
                 attempt += 1
-                if attempt > self.retry.retries or self.cancel.is_set():
+                if not d.may_retry(attempt, self.retry.retries, self.cancel):
                     raise
                 wait = min(self.retry.backoff * 2 ** (attempt - 1), BACKOFF_MAX)
                 self.emit(Retrying(d.ref, what, attempt, wait, e.message))
@@ -779,7 +994,7 @@ class _Push:
                 break
             except TransientPushError as e:
                 attempt += 1
-                if attempt > self.retry.retries or self.cancel.is_set():
+                if not d.may_retry(attempt, self.retry.retries, self.cancel):
                     raise
                 wait = min(self.retry.backoff * 2 ** (attempt - 1), BACKOFF_MAX)
                 self.emit(Retrying(d.ref, f"blob {blob.digest[:19]}", attempt, wait, e.message))
@@ -828,14 +1043,24 @@ def _redact(text: str, secrets: list[str]) -> str:
     return text
 
 
-def push(chunks: Iterable[bytes], targets: Sequence[Target], auths: Mapping[str, Auth | None],
-         *, format: str = "docker", expect_diff_ids: Sequence[str] | None = None,
-         workdir: Path | None = None,
+def push(source: Iterable[bytes] | Image, targets: Sequence[Target],
+         auths: Mapping[str, Auth | None], *, format: str = "docker",
+         expect_diff_ids: Sequence[str] | None = None, workdir: Path | None = None,
+         spool: Path | None = None,
          chunk_size: int = CHUNK, jobs: int = JOBS, retries: int = RETRIES, backoff: float = BACKOFF,
          sleep: Callable[[float], None] = time.sleep,
          registries: Mapping[str, Registry] | None = None) -> Iterator[object]:
-    """Push the image in `chunks` (a `docker save` tar stream of ONE image, e.g.
-    Engine.save(image_id)) to every target at once.
+    """Push an image to every target at once. SOURCE is a `docker save` tar
+    stream of ONE image (e.g. Engine.save(image_id)), read as it comes, or an
+    Image an earlier push read (its blobs still in SPOOL) to push again
+    without reading the export again.
+
+    First every registry is pinged and its credentials tried (Registry.
+    check_auth): a destination that fails there fails at once, and when none
+    is left the export is not read at all. With SPOOL (a folder the caller
+    owns and removes) the blobs stay there after the push, and the
+    PushSummary's `image` can be pushed again; without it they are removed as
+    soon as every destination has them.
 
     Yields Compressing, LayerReady, ExportRead, BlobProgress, BlobDone,
     Resumed, Retrying, then TargetPushed or TargetFailed per target, and last a
@@ -850,21 +1075,35 @@ def push(chunks: Iterable[bytes], targets: Sequence[Target], auths: Mapping[str,
     started = time.monotonic()
     job = _Push(list(dict.fromkeys(targets)), auths, fmt, chunk_size, jobs,
                 _Retry(retries, backoff, sleep), registries)
-    spool = Path(tempfile.mkdtemp(prefix="imagekit-push-", dir=workdir))
+    job.keep = spool is not None
+    own_spool = spool is None
+    folder = spool if spool is not None else Path(tempfile.mkdtemp(prefix="imagekit-push-",
+                                                                    dir=workdir))
     outcome: dict[str, object] = {}
+    all_dests = list(job.dests)
 
     def reader() -> None:
         try:
-            def on_event(e: object) -> None:
-                job.emit(e)
-                if isinstance(e, LayerReady):
-                    job.schedule(e.blob)
-            image = read_export(chunks, spool, fmt, on_event=on_event, cancel=job.cancel,
-                                expect_diff_ids=expect_diff_ids)
-            job.emit(ExportRead(image.image_id, len(image.layers), image.bytes_compressed,
-                                image.compressed_size, round(time.monotonic() - started, 3),
-                                image.layers_stored))
-            outcome["export_seconds"] = round(time.monotonic() - started, 3)
+            job.preflight()
+            if not job.dests:
+                return
+            if isinstance(source, Image):
+                image = source
+                outcome["export_seconds"] = 0.0
+                for b in image.blobs():
+                    if b is not image.config:
+                        job.schedule(b)
+            else:
+                def on_event(e: object) -> None:
+                    job.emit(e)
+                    if isinstance(e, LayerReady):
+                        job.schedule(e.blob)
+                image = read_export(source, folder, fmt, on_event=on_event, cancel=job.cancel,
+                                    expect_diff_ids=expect_diff_ids)
+                job.emit(ExportRead(image.image_id, len(image.layers), image.bytes_compressed,
+                                    image.compressed_size, round(time.monotonic() - started, 3),
+                                    image.layers_stored))
+                outcome["export_seconds"] = round(time.monotonic() - started, 3)
             outcome["image"] = image
             job.schedule(image.config)
             manifest = image.manifest()
@@ -899,23 +1138,27 @@ def push(chunks: Iterable[bytes], targets: Sequence[Target], auths: Mapping[str,
                 raise err
             raise PushError(f"reading the export failed: {type(err).__name__}: "
                             f"{_redact(str(err), job.secrets)}") from None
-        image = outcome["image"]
-        assert isinstance(image, Image)
+        image = outcome.get("image")
         results = []
-        for d in job.dests:
+        for d in all_dests:
             secs = round(time.monotonic() - d.started, 2)
             if d.error is None:
                 results.append(TargetResult(d.target, str(outcome["manifest"]), d.sent, secs))
             else:
                 results.append(TargetResult(d.target, "", d.sent, secs, d.error))
+        if not isinstance(image, Image):            # every destination failed its check
+            yield PushSummary("", "", fmt.manifest, 0, results, 0.0,
+                              round(time.monotonic() - started, 3))
+            return
         yield PushSummary(image.image_id, str(outcome["manifest"]), image.format.manifest,
                           image.compressed_size, results, float(outcome["export_seconds"]),  # type: ignore[arg-type]
-                          round(time.monotonic() - started, 3))
+                          round(time.monotonic() - started, 3), image)
     finally:
         job.cancel.set()
         for d in job.dests:
             d.pool.shutdown(wait=False, cancel_futures=True)
-        shutil.rmtree(spool, ignore_errors=True)
+        if own_spool:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 _END = object()

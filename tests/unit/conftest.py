@@ -15,3 +15,13 @@ def offline(project: Project) -> Project:
     """A throwaway project whose builds need no wheelhouse server."""
     (project.root / "imagekit.toml").write_text(OFFLINE_TOML)
     return project
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_between_tests():
+    """Secrets registered by one test (imagekit.peer keeps them per process)
+    must not redact another test's text."""
+    from imagekit import peer
+    peer.forget_secrets()
+    yield
+    peer.forget_secrets()

@@ -155,3 +155,42 @@ def test_containerd_store_image_held_uncompressed_takes_the_own_path(proj, monke
     said = [e.message for e in events if isinstance(e, Info)]
     assert len(calls) == 1 and events[-1].destinations[0].via == "direct"
     assert any("uncompressed" in m for m in said)
+
+
+def test_a_retry_pushes_from_what_the_first_try_read(proj, monkeypatch):
+    """The export is read once per push: a later try gets the Image the first
+    one read (its blobs kept in the same spool folder), not a new export."""
+    read = object()                 # stands for the registry.Image the first try read
+    calls = []
+
+    def fake_push(source, targets_, auths, **kw):
+        calls.append((source, kw["spool"]))
+        if len(calls) == 1:
+            b"".join(source)
+            yield registry.TargetFailed(targets_[0].ref, registry.TransientPushError("reset"), 7)
+            yield registry.PushSummary("sha256:x", "", "m", 0, [], 0.0, 0.0, image=read)
+        else:
+            yield from _pushed(targets_)
+    monkeypatch.setattr(registry, "push", fake_push)
+    eng = _engine()
+    events = _run(proj, eng, to=["a.example.com/t"])
+    assert isinstance(events[-1], PushResult)
+    assert len(calls) == 2 and calls[1][0] is read
+    assert calls[0][1] == calls[1][1] and not calls[0][1].exists()   # one spool, removed after
+    assert len(eng.calls_to("save")) == 1
+
+
+def test_no_retry_starts_after_the_retry_window(proj, monkeypatch):
+    import time
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    calls = []
+
+    def failing(source, targets_, auths, **kw):
+        calls.append(1)
+        clock[0] += registry.RETRY_WINDOW     # each try takes the whole window
+        yield registry.TargetFailed(targets_[0].ref, registry.TransientPushError("reset"), 0)
+    monkeypatch.setattr(registry, "push", failing)
+    with pytest.raises(PushError, match="after 2 attempts"):
+        _run(proj, _engine(), to=["a.example.com/t"], retries=5)
+    assert len(calls) == 2

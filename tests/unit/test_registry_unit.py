@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import tarfile
+import types
 
 import pytest
 
@@ -18,11 +19,13 @@ from imagekit.registry import (
     Auth,
     Registry,
     Target,
+    TargetFailed,
     TransientPushError,
     is_loopback,
     parse_challenge,
     parse_range,
 )
+from imagekit.registry import push as registry_push
 
 
 def layer_tar(files: dict[str, bytes]) -> bytes:
@@ -212,6 +215,17 @@ class FakeResponse:
             raise ValueError("no body")
         return self._body
 
+    def iter_content(self, size):
+        if self._body is not None:
+            yield json.dumps(self._body).encode()
+
+    @property
+    def content(self) -> bytes:
+        return getattr(self, "_content", b"")
+
+    def close(self):
+        pass
+
 
 class FakeSession:
     """Answers from a script; records where each request went and its headers."""
@@ -230,7 +244,7 @@ class FakeSession:
 def registry_with(answers, host="reg.example.com", auth=None, clock=None) -> tuple[Registry, FakeSession]:
     reg = Registry(host, auth, **({"clock": clock} if clock else {}))
     s = FakeSession(answers)
-    reg._local.session = s
+    reg._local = types.SimpleNamespace(session=s)    # the same session in every thread
     return reg, s
 
 
@@ -315,3 +329,46 @@ def test_auth_errors_and_transient_errors():
 
 def test_target_ref():
     assert Target("localhost:5000", "team/x", "v1").ref == "localhost:5000/team/x:v1"
+
+
+def test_credentials_are_checked_before_the_export_is_read():
+    """A registry that refuses the password (Basic) or a malformed token
+    (Bearer) fails its destination before a byte of the export is read."""
+    read = []
+
+    def export():
+        read.append(1)
+        yield b""
+
+    def basic(method, url, headers, kw):
+        return FakeResponse(401, {"WWW-Authenticate": 'Basic realm="r"'},
+                            body={"errors": [{"code": "UNAUTHORIZED", "message": "no"}]})
+    reg, s = registry_with(basic, auth=Auth("alice", "wrong-pw"))
+    events = list(registry_push(export(), [Target("reg.example.com", "t/x", "v1")], {},
+                                registries={"reg.example.com": reg}))
+    failed = [e for e in events if isinstance(e, TargetFailed)]
+    assert len(failed) == 1 and isinstance(failed[0].error, AuthError)
+    assert "refused the credentials" in failed[0].message and "wrong-pw" not in failed[0].message
+    assert read == [] and [m for m, _, _ in s.sent] == ["GET", "GET"]
+    assert events[-1].results[0].error is failed[0].error
+
+    def bearer(method, url, headers, kw):
+        if url.startswith("https://auth.example.com/"):
+            return FakeResponse(200, body={"token": "abc\r\nX-Injected: 1"})
+        return FakeResponse(401, {"WWW-Authenticate": 'Bearer realm="https://auth.example.com/t"'})
+    reg, s = registry_with(bearer, auth=Auth("alice", "pw-1234"))
+    events = list(registry_push(export(), [Target("reg.example.com", "t/x", "v1")], {},
+                                registries={"reg.example.com": reg}))
+    [failed] = [e for e in events if isinstance(e, TargetFailed)]
+    assert "malformed token" in failed.message and "CARRIAGE RETURN" in failed.message
+    assert "abc" not in failed.message and read == [] and reg.token_fetches == 1
+
+
+def test_a_malformed_credential_is_never_sent():
+    assert Auth("alice", "pw\n").problem().startswith("the password contains a control character")
+    assert "':'" in Auth("al:ice", "pw").problem()
+    assert Auth("alice", "good pw ✓").problem() == ""
+    reg, s = registry_with(lambda *a: FakeResponse(200), auth=Auth("alice", "p\rw"))
+    with pytest.raises(AuthError, match="control character"):
+        reg.check_auth(["repository:t/x:pull,push"])
+    assert s.sent == []
