@@ -90,6 +90,13 @@ class TransientPushError(PushError):
     the caller's retry loop retries these and nothing else."""
 
     transient = True
+    slow = False          # the peer accepted and did not answer in time (not refused)
+
+    @classmethod
+    def timed_out(cls, message: str) -> TransientPushError:
+        e = cls(message)
+        e.slow = True
+        return e
 
 
 # -- credentials and destinations ---------------------------------------------
@@ -419,8 +426,10 @@ class Registry:
                                        stream=True, **kw)
             except requests.RequestException as e:
                 if fired.is_set():
-                    raise TransientPushError(f"{what}: no complete answer within "
-                                             f"{ANSWER:g}s") from None
+                    raise TransientPushError.timed_out(f"{what}: no complete answer within "
+                                                       f"{ANSWER:g}s") from None
+                if isinstance(e, requests.Timeout):
+                    raise TransientPushError.timed_out(f"{what}: {self._reason(e, big)}") from None
                 raise TransientPushError(f"{what}: {self._reason(e, big)}") from None
             if timer is None:
                 timer = threading.Timer(ANSWER, cut_off)
@@ -433,9 +442,9 @@ class Registry:
                     if len(data) > MAX_BODY:
                         break
             except (requests.RequestException, OSError, ValueError, AttributeError) as e:
-                if fired.is_set():
-                    raise TransientPushError(f"{what}: no complete answer within "
-                                             f"{ANSWER:g}s") from None
+                if fired.is_set() or isinstance(e, requests.Timeout):
+                    raise TransientPushError.timed_out(f"{what}: no complete answer within "
+                                                       f"{ANSWER:g}s") from None
                 raise TransientPushError(f"{what}: {self._reason(e)}") from None
             finally:
                 if len(data) > MAX_BODY or fired.is_set():
@@ -471,8 +480,11 @@ class Registry:
                 break
             except TransientPushError as e:
                 if attempt + 1 >= PING_TRIES:
-                    raise PushError(f"{self.host} did not answer the registry API's ping "
-                                    f"(GET /v2/, tried {PING_TRIES} times): {e.message}") from None
+                    # refused or reset: a registry restarting, worth the push's own retries;
+                    # accepted and never answered: no better in seconds, so the push ends
+                    err = PushError if e.slow else TransientPushError
+                    raise err(f"{self.host} did not answer the registry API's ping "
+                              f"(GET /v2/, tried {PING_TRIES} times): {e.message}") from None
                 time.sleep(1.0)
         if resp.status_code == 401:
             self._challenge = parse_challenge(resp.headers.get("WWW-Authenticate", "")[:4096])
