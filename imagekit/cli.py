@@ -271,6 +271,26 @@ GpuArchOpt = Annotated[list[str] | None, typer.Option(
     "like A100; repeat for several; default: imagekit.toml [platform] gpu_arch).")]
 
 
+@app.command("platforms")
+def platforms_() -> None:
+    """List the training platforms' contracts smoke can run an image under
+    (`imagekit smoke NAME --platform P`): mounts, user, /dev/shm, root file
+    system, network, nodes, how the platform starts the container."""
+    from . import platforms
+    from .events import PlatformRow, PlatformsResult
+    project = state.project
+    own = set(project.config.platforms)
+    rows = []
+    for name, p in sorted(platforms.profiles(project).items()):
+        rows.append(PlatformRow(
+            name, " ".join(f"{k}={v}" for k, v in p.mounts.items()) or "-", p.user, p.shm_mb,
+            "read-only" if p.read_only_root else "writable", p.network, p.nodes,
+            "IMAGE " + " ".join(p.args) if p.args is not None else
+            ("notebook" if p.notebook else "your command"),
+            "imagekit.toml" if name in own else "shipped", p.description, dict(p.env)))
+    _show(iter([PlatformsResult("", rows=rows)]))
+
+
 @app.command("matrix")
 def matrix_(driver: DriverOpt = None, gpu_arch: GpuArchOpt = None) -> None:
     """Show the compatibility matrix: framework versions, Python, CUDA, base; with
@@ -438,14 +458,21 @@ def smoke(
         "--engine", metavar="URL", help="Run the smoke test on another Docker engine "
         "(ssh://user@gpu-box, tcp://host:2376, any DOCKER_HOST form); the image is shipped "
         "there when it lacks it.")] = None,
+    platform_name: Annotated[str | None, typer.Option(
+        "--platform", metavar="PROFILE", help="Train (and start the notebook) under a training "
+        "platform's contract: its mounts, variables, user, /dev/shm, read-only root, start "
+        "arguments (`imagekit platforms` lists them; default: [platform] profile).")] = None,
 ) -> None:
     """Run a short real training inside built images (or any image the engine
     holds) and judge it."""
+    from . import platforms
     from . import smoke as smoke_stage
     from .gpu import platform
     from .ship import ship
     project = state.project
     target_platform = platform(driver, gpu_arch, project.config.platform)
+    chosen = platform_name or project.config.platform.profile
+    profile = (chosen, platforms.get(project, chosen)) if chosen else None
     engine = Engine.connect()
     runner = Engine.connect(url=engine_url) if engine_url else engine
 
@@ -470,7 +497,8 @@ def smoke(
                                  "image trains with its spec's train.command")
             yield from smoke_stage.smoke(smoke_stage.SmokeTarget.of(target, command), project,
                                          runner, gpu=gpu.value, steps=steps, timeout=timeout,
-                                         network=network, platform=target_platform)
+                                         network=network, platform=target_platform,
+                                         profile=profile)
 
     _show(stages())
 
@@ -639,14 +667,17 @@ def save(
 def load(
     path: Annotated[Path, typer.Argument(help="An archive from `imagekit save` or `docker "
                                               "save`: .zip, .tar or .tar.gz.")],
+    image: Annotated[str | None, typer.Option(
+        "--image", metavar="REF",
+        help="The one image to load from an archive that holds several: its tag (only that "
+             "tag is set) or image ID; for a ZIP holding several tars, also a member's name."
+    )] = None,
 ) -> None:
     """Load an image archive into the engine: checks the sha256 sidecar and the
-    image ID against the manifest before anything in the engine changes."""
+    image ID against the manifest before anything in the engine changes; an
+    archive of several images needs --image; a failed load is undone."""
     from . import load as load_stage
-    if not path.is_file():
-        from .errors import LoadError
-        raise LoadError(f"{path}: no such file")
-    _show(load_stage.load(path, Engine.connect()))
+    _show(load_stage.load(path, lambda: Engine.connect(), image=image))
 
 
 @app.command("inspect")

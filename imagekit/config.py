@@ -68,10 +68,12 @@ class PipSection(_Strict):
 
 
 class PlatformSection(_Strict):
-    """The training platform's nodes: smoke checks GPU images against them."""
+    """The training platform's nodes: smoke checks GPU images against them;
+    `profile`: the platform contract smoke runs under by default."""
 
     driver: str | None = Field(None, pattern=r"^[0-9]{2,4}(?:\.[0-9]{1,4}){0,2}$")
     gpu_arch: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,20}$")]] = []
+    profile: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
 class BuildSection(_Strict):
@@ -96,6 +98,7 @@ class ConfigModel(_Strict):
     apt: AptSection = AptSection()
     build: BuildSection = BuildSection()
     platform: PlatformSection = PlatformSection()
+    platforms: dict = {}            # [platforms.NAME]: platform profiles (platforms.py)
     state_dir: HostPath = ".imagekit"
     templates_dir: HostPath | None = None
 
@@ -178,4 +181,7 @@ def load_project(root: Path | None = None) -> Project:
         model = ConfigModel.model_validate(data)
     except ValidationError as e:
         raise problems_error(ConfigError, where, format_errors(where, e, ConfigModel)) from None
+    if model.platforms:
+        from .platforms import validate_own
+        model = model.model_copy(update={"platforms": validate_own(model.platforms, where)})
     return Project(root, model, path)

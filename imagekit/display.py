@@ -31,6 +31,7 @@ from .events import (
     LoadResult,
     Log,
     MatrixResult,
+    PlatformsResult,
     Problem,
     Progress,
     PushResult,
@@ -214,6 +215,9 @@ class Display:
             if v.fits is not None:
                 lines.append(f"  platform   fits driver {v.target_driver or 'any'}, GPU "
                              f"{' '.join(v.target_archs) or 'any'}")
+        if r.platform:
+            lines.append(f"  contract   {r.platform}: trained (and started) as that platform "
+                         "does, nothing broke it")
         tr = r.training
         if tr:
             runs = ", ".join(f"{x.seconds}s" for x in tr.runs)
@@ -285,6 +289,16 @@ class Display:
             cols = ["framework", "version", "cuda", "archs", "driver", "fit"]
         self._table("imagekit compatibility matrix", [c.replace("_", " ") for c in cols],
                     [[getattr(row, c) for c in cols] for row in r.rows])
+
+    def _platforms(self, r: PlatformsResult) -> None:
+        cols = ["name", "mounts", "user", "shm_mb", "root_fs", "network", "nodes", "start",
+                "source"]
+        self._table("platform profiles (imagekit smoke NAME --platform P)",
+                    [c.replace("_", " ") for c in cols],
+                    [[str(getattr(row, c)) for c in cols] for row in r.rows])
+        if self.mode == "plain" or self.verbose:
+            for row in r.rows:
+                self._line(f"{row.name}: {row.description}", always=True)
 
     def _doctor(self, r: DoctorResult) -> None:
         """One line per finding; under a wrong or missing one, its fix."""
@@ -392,4 +406,5 @@ RESULTS = {
     SmokeResult: Display._smoke, PushResult: Display._push, SaveResult: Display._save,
     LoadResult: Display._load, InspectResult: Display._inspect, CatalogResult: Display._catalog,
     MatrixResult: Display._matrix, DoctorResult: Display._doctor,
+    PlatformsResult: Display._platforms,
 }

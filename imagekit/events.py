@@ -238,6 +238,7 @@ class SmokeResult(StageResult):
     gpu: GpuVerdict | None = None
     training: TrainingResult | None = None
     notebook: NotebookResult | None = None
+    platform: str | None = None           # the platform contract it ran under (--platform)
 
 
 @dataclass
@@ -361,6 +362,29 @@ class MatrixRow:
 class MatrixResult(StageResult):
     stage: ClassVar[str] = "matrix"
     rows: list[MatrixRow] = field(default_factory=list)
+
+
+@dataclass
+class PlatformRow:
+    """One platform profile, as `imagekit platforms` lists it."""
+
+    name: str
+    mounts: str
+    user: str
+    shm_mb: int
+    root_fs: str
+    network: str
+    nodes: int
+    start: str
+    source: str                # shipped | imagekit.toml
+    description: str = ""
+    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class PlatformsResult(StageResult):
+    stage: ClassVar[str] = "platforms"
+    rows: list[PlatformRow] = field(default_factory=list)
 
 
 @dataclass

@@ -51,6 +51,37 @@ def environment(project: Project) -> jinja2.Environment:
     return env
 
 
+# What SageMaker sets for the folders a training command gets as {data_dir}, {output_dir}
+LAUNCHER_DIRS = {"data_dir": "SM_CHANNEL_TRAINING", "output_dir": "SM_MODEL_DIR"}
+
+
+def train_launcher(command: str, data_dir: str, output_dir: str, workdir: str | None) -> list[str]:
+    """The lines of /usr/local/bin/train, each quoted for the RUN step's printf:
+    `docker run IMAGE train ARGS` (SageMaker's way to start a training job)
+    runs train.command with ARGS, {data_dir} and {output_dir} in it being
+    SageMaker's folders where it sets them, else the spec's smoke folders."""
+    defaults = {"data_dir": data_dir, "output_dir": output_dir}
+
+    def word(token: str) -> str:
+        text = "".join("\\" + c if c in '\\"$`' else c for c in token)
+        for key, var in LAUNCHER_DIRS.items():
+            text = text.replace("{" + key + "}", "${" + var + ":-" + defaults[key] + "}")
+        return f'"{text}"'
+    lines = ["#!/bin/sh"]
+    if workdir:
+        lines.append(f"cd {shlex.quote(workdir)} || exit 1")
+    lines.append("exec " + " ".join(word(t) for t in shlex.split(command)) + ' "$@"')
+    return [shlex.quote(line) for line in lines]
+
+
+def _first_set(names: list[str], default: str) -> str:
+    """`${A:-${B:-DEFAULT}}`: the first of the variables that is set (bash)."""
+    text = default
+    for name in reversed(names):
+        text = "${" + name + ":-" + text + "}"
+    return text
+
+
 def pip_options(project: Project, builder: str = "classic") -> str:
     pip = project.config.pip
     if project.wheelhouse is not None and builder == "buildkit":
@@ -168,6 +199,9 @@ def context(plan: Plan, project: Project, builder: str = "classic") -> dict:
         "jupyter_pip": matrix.jupyter_pip(),
         "installer": matrix.load().get("installer"),
         "jupyter": m.jupyter if m.jupyter.enabled else None,
+        "jupyter_base_url": _first_set(m.jupyter.base_url_envs, "/"),
+        "train_launcher": train_launcher(m.train.command, m.smoke.data_dir, m.smoke.output_dir,
+                                         m.workdir) if m.train else [],
         "notebook_dir_mounted": any(m.jupyter.notebook_dir == d or
                                     m.jupyter.notebook_dir.startswith(d + "/")
                                     for d in PLATFORM_MOUNTS),

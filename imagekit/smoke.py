@@ -9,15 +9,22 @@
    files and, when asked, a second run that must resume from the first.
 3. Notebook images: JupyterLab is started as the platform starts it and must
    answer under the platform's base URL.
+With a platform profile (`--platform P`, platforms.py) the training and the
+notebook run under that platform's contract: its mounts, variables, user,
+/dev/shm, root file system and start arguments; `{data_dir}` and
+`{output_dir}` in the train command become the platform's folders, and the
+verdict names what breaks the contract, one line each.
 Every container and volume is removed on every way out; the report is stored
 with the image's build record, keyed by image ID."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 import json
 import queue
+import re
 import shlex
 import tarfile
 import threading
@@ -28,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import gpu as gpu_verdict
-from . import records, stub
+from . import platforms, records, stub
 from .config import Project
-from .engine import EngineAPI
+from .engine import EngineAPI, RunAs
 from .errors import EngineUnavailable, GpuUnavailable, Interrupted, SmokeError
 from .events import (
     Event,
@@ -134,7 +141,7 @@ def _tar(files: dict[str, bytes]) -> bytes:
 def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: str, log: _Log,
          timeout: int, volumes: dict | None = None, gpus: bool = False,
          files: bytes | None = None, env: dict | None = None,
-         network: bool = False) -> Iterator[Event | RunOutcome]:
+         network: bool = False, run_as: RunAs | None = None) -> Iterator[Event | RunOutcome]:
     """Run one container to its end, streaming its log; yield Log events and
     finally a RunOutcome. Raise SmokeError on timeout."""
     log.write(f"$ {shlex.join(command)}")
@@ -142,9 +149,10 @@ def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: 
     tail: list[str] = []
     report = None
     lines: queue.Queue = queue.Queue()
+    extra = {"run_as": run_as} if run_as is not None else {}
     with engine.container(image, command, name=f"imagekit-smoke-{uuid.uuid4().hex[:10]}",
                           volumes=volumes, gpus=gpus, files=files, env=env,
-                          network=network) as cid:
+                          network=network, **extra) as cid:
         def pump() -> None:
             buf = b""
             try:
@@ -230,7 +238,8 @@ def gpu_choice(target: SmokeTarget, engine: EngineAPI, mode: str) -> tuple[bool,
 
 def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str = "auto",
           steps: int | None = None, timeout: int | None = None, network: bool = False,
-          platform: gpu_verdict.Platform | None = None) -> Iterator[Event]:
+          platform: gpu_verdict.Platform | None = None,
+          profile: tuple[str, platforms.Profile] | None = None) -> Iterator[Event]:
     name = target.name
     ref = target.ref
     if engine.image(ref) is None:
@@ -248,6 +257,12 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
                          gpu_requested=use_gpu, note=note, log=str(log.path),
                          started_at=records.now())
     run = _Runner(target, engine, log, use_gpu, timeout, network)
+    contract = _Contract.of(*profile, gpus=use_gpu) if profile else None
+    if contract is not None:
+        result.platform = contract.name
+        network = network or contract.profile.network == "bridge"
+        run.network = network
+        yield Info(name, f"platform {contract.name}: {contract.summary()}")
     t0 = time.monotonic()
     try:
         if settings.framework_check:
@@ -266,9 +281,9 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
             if result.gpu is not None:
                 yield Info(name, _readiness_line(result.gpu))
         if target.train_command:
-            result.training = yield from _training(run, steps)
-        if target.jupyter is not None:
-            result.notebook = yield from _notebook(run)
+            result.training = yield from _training(run, steps, contract)
+        if target.jupyter is not None and (contract is None or contract.profile.notebook):
+            result.notebook = yield from _notebook(run, contract)
         result.passed = True
     except SmokeError as e:
         result.error = e.message
@@ -293,6 +308,91 @@ def _readiness_line(v) -> str:
 
 def _file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100]
+
+
+@dataclass
+class _Contract:
+    """A platform profile made concrete for one smoke run: the engine's run
+    settings, the variables and files the platform gives the container."""
+
+    name: str
+    profile: platforms.Profile
+    run_as: RunAs
+    env: dict[str, str]
+    files: dict[str, bytes]
+    host: str = "algo-1"
+
+    @classmethod
+    def of(cls, name: str, profile: platforms.Profile, gpus: bool = False) -> _Contract:
+        host = "algo-1"
+        vals = platforms.values(profile, host, [host], 0, 1 if gpus else 0)
+        env = {k: platforms.fill(v, vals) for k, v in profile.env.items()}
+        files = {path.lstrip("/"): platforms.fill(text, vals).encode()
+                 for path, text in profile.files.items()}
+        run_as = RunAs(user=platforms.user_for(profile), shm_mb=profile.shm_mb,
+                       read_only=profile.read_only_root, tmpfs=tuple(profile.writable),
+                       hostname=host)
+        return cls(name, profile, run_as, env, files, host)
+
+    @property
+    def who(self) -> str:
+        user = self.run_as.user or "0:0"
+        return "root" if user.startswith("0:") else f"uid {user.replace(':', ' gid ')}"
+
+    def summary(self) -> str:
+        p = self.profile
+        mounts = ", ".join(f"{k} at {v}" for k, v in p.mounts.items()) or "no mounts"
+        start = f"started as `IMAGE {' '.join(p.args)}`" if p.args is not None else \
+            "your training command"
+        root = "read-only root" + (f" ({', '.join(p.writable)} writable)" if p.writable else "") \
+            if p.read_only_root else "writable root"
+        return (f"{mounts}; {start}; as {self.who}; /dev/shm {p.shm_mb} MB; {root}; "
+                f"network {p.network}")
+
+    def var_for(self, kind: str) -> str:
+        """The variable the platform points at a mount (SM_MODEL_DIR for output)."""
+        want = "{" + kind + "}"
+        return next((k for k, v in self.profile.env.items() if v == want), "")
+
+
+_DENIED = re.compile(r"(?:Permission denied|EACCES)[^'\"]*['\"]([^'\"]+)['\"]"
+                     r"|(?:cannot (?:create|touch|mkdir)[^:]*?|can't create) '?([^':]+)'?: "
+                     r"Permission denied|mkdir (\S+): permission denied")
+_READ_ONLY = re.compile(r"Read-only file system(?::\s*['\"]([^'\"]+)['\"])?"
+                        r"|(\S+): Read-only file system")
+_SHM = ("Bus error", "insufficient shared memory", "/dev/shm", "shm_open", "No space left on device")
+_NOT_FOUND = ("executable file not found", ": not found", "No such file or directory: 'train'",
+              "exec: \"", "command not found")
+
+
+def _contract_problems(c: _Contract, out: RunOutcome, what: str) -> list[str]:
+    """What in a failed run under contract C breaks it, one line each (the
+    run's own last line when nothing known matches)."""
+    p, lines = c.profile, []
+    text = "\n".join(out.tail)
+    if p.args is not None and (out.code in (126, 127) or
+                               any(h in text for h in _NOT_FOUND) and out.code != 0):
+        lines.append(f"{c.name} starts the container as `IMAGE {' '.join(p.args)}`, and the "
+                     f"image has no `{p.args[0]}` command on its PATH (exit {out.code})")
+    for m in _READ_ONLY.finditer(text):
+        path = m[1] or m[2] or "its root file system"
+        writable = ", ".join([*(v for _, v in p.mounts.items()), *p.writable])
+        lines.append(f"writes {path} on the read-only root file system; {c.name} makes only "
+                     f"{writable} writable")
+        break
+    for m in _DENIED.finditer(text):
+        path = next(x for x in m.groups() if x)
+        lines.append(f"cannot write {path} as {c.who} ({c.name} runs the job as "
+                     f"{p.user if p.user != 'arbitrary' else 'an arbitrary uid with gid 0'})")
+        break
+    if out.code in (135, 139, -7) or any(h in text for h in _SHM[:4]) or \
+            ("No space left on device" in text and "shm" in text):
+        lines.append(f"DataLoader (or another shared-memory user) needs more than the "
+                     f"platform's {p.shm_mb} MB /dev/shm")
+    if not lines:
+        last = out.tail[-1] if out.tail else "(no output)"
+        lines.append(f"{what} exited with code {out.code} under {c.name}: {last}")
+    return lines
 
 
 @dataclass
@@ -394,30 +494,69 @@ def _framework_check(run: _Runner, mode: str):
     return rep
 
 
-def _train_command(target: SmokeTarget, steps: int, extra: str = "") -> list[str]:
-    cmd = shlex.split(target.train_command or "")
+def _train_command(target: SmokeTarget, steps: int, extra: str = "",
+                   dirs: dict[str, str] | None = None, args: list[str] | None = None) -> list[str]:
+    """The training command: the spec's, with `{data_dir}` and `{output_dir}`
+    made the folders this run gives it, and the step count overridden; with
+    ARGS (a platform that starts the image with its own arguments) those."""
+    dirs = dirs or {"data_dir": target.settings.data_dir,
+                    "output_dir": target.settings.output_dir}
+    if args is not None:
+        cmd = list(args)
+    else:
+        cmd = [_fill_dirs(a, dirs) for a in shlex.split(target.train_command or "")]
     cmd += shlex.split(target.settings.steps_args.format(steps=steps))
     return cmd + shlex.split(extra)
 
 
-def _training(run: _Runner, steps: int):
+def _fill_dirs(arg: str, dirs: dict[str, str]) -> str:
+    for key, value in dirs.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _training(run: _Runner, steps: int, contract: _Contract | None = None):
     t = run.target
     name, ref, s = t.name, t.ref, t.settings
     uid = uuid.uuid4().hex[:8]
     result = TrainingResult(steps)
-    with run.engine.volume(f"imagekit-smoke-{uid}-data", ref) as data, \
-            run.engine.volume(f"imagekit-smoke-{uid}-output", ref) as output:
-        volumes = {data: s.data_dir, output: s.output_dir}
+    profile = contract.profile if contract else None
+    if profile is None:
+        mounts = [("data", s.data_dir), ("output", s.output_dir)]
+        out_dir = s.output_dir
+        dirs = {"data_dir": s.data_dir, "output_dir": s.output_dir}
+    else:
+        mounts = list(profile.mounts.items())
+        out_dir = profile.mounts.output or s.output_dir
+        dirs = {"data_dir": profile.mounts.data or s.data_dir, "output_dir": out_dir}
+        if not any(_inside(s.output_dir, path) for _, path in mounts):
+            mounts.append(("own-output", s.output_dir))    # to see what lands outside the contract
+        if profile.mounts.output is None:
+            mounts.append(("output", out_dir))
+    extra = {"env": contract.env, "files": contract.files, "run_as": contract.run_as} \
+        if contract else {}
+    with contextlib.ExitStack() as stack:
+        vols = {kind: stack.enter_context(run.engine.volume(f"imagekit-smoke-{uid}-{kind}", ref))
+                for kind, _ in mounts}
+        volumes = {vols[kind]: path for kind, path in mounts}
+        yield from _open_mounts(run, contract, volumes)
         runs = [(steps, "")]
         if s.resume:
             runs.append((2 * steps, s.resume_args))
-        for i, (n, extra) in enumerate(runs):
-            cmd = _train_command(t, n, extra)
+        for i, (n, extra_args) in enumerate(runs):
+            cmd = _train_command(t, n, extra_args, dirs, profile.args if profile else None)
             what = "training" if i == 0 else "resumed training"
             yield Info(name, f"{what}: {shlex.join(cmd)}")
-            out = yield from _outcome(run.run(cmd, what, volumes=volumes))
+            out = yield from _outcome(run.run(cmd, what, volumes=volumes, **extra))
             result.runs.append(TrainingRun(cmd, out.code, round(out.seconds, 2)))
             if out.code != 0:
+                if contract is not None:
+                    problems = _contract_problems(contract, out, what)
+                    raise _contract_error(run, contract, problems, out)
                 raise run.failure(f"{what} exited with code {out.code}: "
                                   f"{out.tail[-1] if out.tail else '(no output)'}", out)
             if i == 1:
@@ -427,17 +566,54 @@ def _training(run: _Runner, steps: int):
                     raise run.failure(f"the second run did not resume from the first "
                                       f"(expected {want!r} in its log)")
                 result.resumed_from = steps
-        found = _output_files(run.engine, ref, output, s.output_dir)
+        found = _output_files(run.engine, ref, vols["output"], out_dir)
         result.output_files = found[:50]
-        missing = [pat for pat in s.expect
-                   if not any(fnmatch.fnmatch(f, pat) or fnmatch.fnmatch(f.split("/")[-1], pat)
-                              for f in found)]
+        missing = _missing(s.expect, found)
+        if missing and contract is not None and "own-output" in vols:
+            elsewhere = _output_files(run.engine, ref, vols["own-output"], s.output_dir)
+            if elsewhere and len(_missing(s.expect, elsewhere)) < len(missing):
+                var = contract.var_for("output")
+                what_ = "its checkpoint" if any("ckpt" in p or "checkpoint" in p
+                                                 for p in s.expect) else "its output"
+                raise _contract_error(run, contract, [
+                    f"writes {what_} to {s.output_dir}; {contract.name} collects {out_dir}"
+                    + (f" ({var})" if var else "")
+                    + ": write to {output_dir} in train.command (or the variable) instead"])
         if missing:
             raise run.failure(f"expected output {', '.join(missing)} did not appear in "
-                              f"{s.output_dir} (found: {', '.join(found[:8]) or 'nothing'})")
-    yield Info(name, f"training ok: {count(len(result.runs), 'run')}, {count(len(found), 'file')} in "
-                     f"{s.output_dir}" + (f", resumed from step {steps}" if s.resume else ""))
+                              f"{out_dir} (found: {', '.join(found[:8]) or 'nothing'})")
+    under = f" under {contract.name}" if contract else ""
+    yield Info(name, f"training ok{under}: {count(len(result.runs), 'run')}, "
+                     f"{count(len(found), 'file')} in {out_dir}"
+                     + (f", resumed from step {steps}" if s.resume else ""))
     return result
+
+
+def _open_mounts(run: _Runner, contract: _Contract | None, volumes: dict[str, str]):
+    """A platform's volumes are writable by the job's user (an fsGroup on
+    Kubernetes does that): opened up by a root container before a non-root run."""
+    user = contract.run_as.user if contract else None
+    if not volumes or not user or user.startswith("0:"):
+        return
+    prep = yield from _outcome(run.run(["chmod", "0777", *volumes.values()],
+                                       "preparing the platform's mounts", volumes=volumes))
+    if prep.code != 0:
+        raise run.failure(f"could not prepare the platform's mounts: exit {prep.code}", prep)
+
+
+def _missing(expect: list[str], found: list[str]) -> list[str]:
+    return [pat for pat in expect
+            if not any(fnmatch.fnmatch(f, pat) or fnmatch.fnmatch(f.split("/")[-1], pat)
+                       for f in found)]
+
+
+def _contract_error(run: _Runner, contract: _Contract, problems: list[str],
+                    out: RunOutcome | None = None) -> SmokeError:
+    name = run.target.name
+    lines = [f"{name}: breaks the {contract.name} contract: {p}" for p in problems]
+    tail = [f"| {t}" for t in (out.tail[-8:] if out else [])]
+    return SmokeError(lines[0], problems=lines if len(lines) > 1 else [],
+                      details=[*tail, f"full log: {run.log.path}"])
 
 
 def _output_files(engine: EngineAPI, ref: str, volume: str, path: str) -> list[str]:
@@ -447,15 +623,27 @@ def _output_files(engine: EngineAPI, ref: str, volume: str, path: str) -> list[s
         return engine.files_in(cid, path)
 
 
-def _notebook(run: _Runner):
+def _notebook(run: _Runner, contract: _Contract | None = None):
     t = run.target
-    name, ref, engine, log = t.name, t.ref, run.engine, run.log
+    name, ref, engine = t.name, t.ref, run.engine
     j = t.jupyter
     uid = uuid.uuid4().hex[:8]
     base = NOTEBOOK_BASE_URL
+    own_envs = j.base_url_envs
+    nb = contract.profile.notebook if contract else None
+    base_env = (nb.base_url_env if nb and nb.base_url_env else own_envs[0])
+    port = nb.port if nb else j.port
+    if contract is not None:
+        mounts = list(contract.profile.mounts.items())
+        env = {**contract.env, base_env: base}
+        extra = {"run_as": contract.run_as, "files": contract.files}
+    else:
+        mounts = [("code", "/code"), ("dataset", "/dataset")]
+        env = {base_env: base}
+        extra = {}
     probe = (
         "import json,sys,time,urllib.request\n"
-        f"base='http://127.0.0.1:{j.port}{base}'\n"
+        f"base='http://127.0.0.1:{port}{base}'\n"
         "def get(p):\n"
         "    with urllib.request.urlopen(base+p, timeout=5) as r:\n"
         "        return r.status, r.read().decode(errors='replace')\n"
@@ -464,38 +652,54 @@ def _notebook(run: _Runner):
         "s,b=get('api/contents'); c=json.loads(b); assert s==200 and c['type']=='directory'\n"
         "print(json.dumps({'lab': 200, 'api_status': 200, 'started': st.get('started')}))\n"
     )
-    yield Info(name, f"notebook: starting JupyterLab with {j.base_url_env}={base}, "
-                     "/code and /dataset mounted empty")
+    under = f" as {contract.who} under {contract.name}" if contract else ""
+    yield Info(name, f"notebook: starting JupyterLab with {base_env}={base}{under}, "
+                     f"{' and '.join(path for _, path in mounts) or 'nothing'} mounted empty")
+    hint = "" if base_env in own_envs else \
+        f" (the image takes its base URL from {', '.join(own_envs)}: add {base_env} to " \
+        "jupyter.base_url_env)"
     # the probe runs inside the container, so the lab needs no network either
-    with engine.volume(f"imagekit-smoke-{uid}-code", ref) as code, \
-            engine.volume(f"imagekit-smoke-{uid}-dataset", ref) as dataset, \
-            engine.container(ref, None, name=f"imagekit-smoke-{uid}-lab",
-                             volumes={code: "/code", dataset: "/dataset"},
-                             env={j.base_url_env: base}, network=run.network) as cid:
-        started = time.monotonic()
-        last = ""
-        while time.monotonic() - started < min(run.timeout, 180):
-            state = engine.state(cid)
-            if not state.running:
-                logs = b"".join(engine.logs(cid, follow=False)).decode(errors="replace")
-                for line in logs.splitlines():
-                    log.write(line)
-                raise SmokeError(f"{name}: JupyterLab exited with code {state.exit_code}"
-                                 f" before answering: {logs.strip().splitlines()[-1:] or ''}",
-                                 details=[f"full log: {log.path}"])
-            code_, out = engine.exec_run(cid, ["python", "-c", probe])
-            if code_ == 0:
-                data = json.loads(out.strip().splitlines()[-1])
-                result = NotebookResult(base + "lab", round(time.monotonic() - started, 2),
-                                        int(data.get("lab", 200)), int(data.get("api_status", 200)),
-                                        data.get("started"))
-                yield Info(name, f"notebook ok: JupyterLab answered at {base}lab and "
-                                 f"{base}api/status in {result.seconds_to_answer}s")
-                return result
-            last = out.strip().splitlines()[-1] if out.strip() else ""
-            time.sleep(1)
-        logs = b"".join(engine.logs(cid, follow=False)).decode(errors="replace")
-        for line in logs.splitlines():
-            log.write(line)
-    raise SmokeError(f"{name}: JupyterLab did not answer under {base} in time ({last})",
-                     details=[f"full log: {log.path}"])
+    with contextlib.ExitStack() as stack:
+        vols = {kind: stack.enter_context(engine.volume(f"imagekit-smoke-{uid}-{kind}", ref))
+                for kind, _ in mounts}
+        volumes = {vols[kind]: path for kind, path in mounts}
+        yield from _open_mounts(run, contract, volumes)
+        cid = stack.enter_context(engine.container(
+            ref, None, name=f"imagekit-smoke-{uid}-lab", volumes=volumes, env=env,
+            network=run.network, **extra))
+        result = yield from _probe_lab(run, cid, probe, base, hint, contract)
+        return result
+
+
+def _probe_lab(run: _Runner, cid: str, probe: str, base: str, hint: str,
+               contract: _Contract | None):
+    name, engine, log = run.target.name, run.engine, run.log
+    where = f" under {contract.name}" if contract else ""
+    started = time.monotonic()
+    last = ""
+    while time.monotonic() - started < min(run.timeout, 180):
+        state = engine.state(cid)
+        if not state.running:
+            logs = b"".join(engine.logs(cid, follow=False)).decode(errors="replace")
+            for line in logs.splitlines():
+                log.write(line)
+            raise SmokeError(f"{name}: JupyterLab exited with code {state.exit_code}"
+                             f"{where} before answering: "
+                             f"{logs.strip().splitlines()[-1:] or ''}{hint}",
+                             details=[f"full log: {log.path}"])
+        code_, out = engine.exec_run(cid, ["python", "-c", probe])
+        if code_ == 0:
+            data = json.loads(out.strip().splitlines()[-1])
+            result = NotebookResult(base + "lab", round(time.monotonic() - started, 2),
+                                    int(data.get("lab", 200)), int(data.get("api_status", 200)),
+                                    data.get("started"))
+            yield Info(name, f"notebook ok: JupyterLab answered at {base}lab and "
+                             f"{base}api/status in {result.seconds_to_answer}s")
+            return result
+        last = out.strip().splitlines()[-1] if out.strip() else ""
+        time.sleep(1)
+    logs = b"".join(engine.logs(cid, follow=False)).decode(errors="replace")
+    for line in logs.splitlines():
+        log.write(line)
+    raise SmokeError(f"{name}: JupyterLab did not answer under {base}{where} in time "
+                     f"({last}){hint}", details=[f"full log: {log.path}"])

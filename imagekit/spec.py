@@ -277,8 +277,15 @@ class CodeSpec(Strict):
 class JupyterSpec(Strict):
     enabled: bool = False
     port: int = Field(8888, ge=1024, le=65535)
-    base_url_env: EnvName = "JUPYTER_BASE_URL"
+    # the variable(s) a platform passes its URL prefix in; with several, the
+    # first one set wins (one image for several platforms)
+    base_url_env: EnvName | list[EnvName] = "JUPYTER_BASE_URL"
     notebook_dir: AbsPath = "/workspace"
+
+    @property
+    def base_url_envs(self) -> list[str]:
+        v = self.base_url_env
+        return [v] if isinstance(v, str) else list(v) or ["JUPYTER_BASE_URL"]
 
 
 class TrainSpec(Strict):

@@ -27,9 +27,11 @@ check_buildx() {
   fi
 }
 
-# The tools the tests and the demo use: command -> Debian package.
+# The tools the tests and the demo use: command -> Debian package. sshd (by its
+# path: /usr/sbin is not on every user's PATH) is for the ssh:// engine tests,
+# which start their own on a free port.
 tools=(docker-compose:docker-compose debootstrap:debootstrap docker-registry:docker-registry
-       htpasswd:apache2-utils skopeo:skopeo zip:zip)
+       htpasswd:apache2-utils skopeo:skopeo zip:zip /usr/sbin/sshd:openssh-server)
 need_pkgs=()
 for t in "${tools[@]}"; do
   command -v "${t%%:*}" >/dev/null 2>&1 || need_pkgs+=("${t#*:}")
@@ -96,9 +98,35 @@ if [ -n "$engine_why" ] || [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$cli_if_known" = 1 ] && apt-cache show docker-cli >/dev/null 2>&1; then
     engine_pkgs+=(docker-cli)
   fi
+  # openssh-server apart: its install starts the ssh service (port 22) through
+  # invoke-rc.d, which a policy-rc.d refusing every start prevents (made only
+  # where the machine has none, and only while that install runs); the engine's
+  # own service starts as Debian means it to.
+  main_pkgs=() sshd_pkgs=()
+  for p in "${need_pkgs[@]}"; do
+    if [ "$p" = openssh-server ]; then sshd_pkgs+=("$p"); else main_pkgs+=("$p"); fi
+  done
   if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${engine_pkgs[@]}" "${need_pkgs[@]}" ca-certificates iptables >>"$APT_LOG" 2>&1; then
-    say "apt-get install ${engine_pkgs[*]}${engine_pkgs:+ }${need_pkgs[*]} failed (log: $APT_LOG)"; exit 1
+        "${engine_pkgs[@]}" "${main_pkgs[@]}" ca-certificates iptables >>"$APT_LOG" 2>&1; then
+    say "apt-get install ${engine_pkgs[*]}${engine_pkgs:+ }${main_pkgs[*]} failed (log: $APT_LOG)"; exit 1
+  fi
+  if [ ${#sshd_pkgs[@]} -gt 0 ]; then
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+      printf '%s\n' '#!/bin/sh' '# imagekit scripts/engine.sh: no service starts while it installs' \
+        'exit 101' > "$policy" && chmod 755 "$policy" && made_policy=1
+      trap '[ "$made_policy" = 1 ] && rm -f "$policy"' EXIT
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${sshd_pkgs[@]}" >>"$APT_LOG" 2>&1
+    installed=$?
+    if [ "$made_policy" = 1 ]; then
+      rm -f "$policy"; made_policy=0
+    fi
+    if [ "$installed" != 0 ]; then
+      say "apt-get install ${sshd_pkgs[*]} failed (log: $APT_LOG)"; exit 1
+    fi
   fi
   [ -n "$engine_why" ] && say "installed dockerd $(dockerd_version)"
 fi

@@ -90,6 +90,16 @@ def image_archive(repo_tags: list[str] | None = None, layers: list[dict[str, byt
     return tar_of(members), f"sha256:{digest}"
 
 
+def as_loaded(data: bytes) -> bytes:
+    """What `imagekit load` passes on to the engine of a tar: every member,
+    then the end-of-archive marker (1024 zero bytes), without the padding
+    after it."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        tar.getmembers()
+        end = tar.offset
+    return data[:end] + bytes(1024)
+
+
 def read_archive(data: bytes) -> tuple[list[str], str]:
     """(RepoTags, image ID) of a `docker save` tar; ValueError when it is not one."""
     try:
@@ -223,6 +233,7 @@ class FakeEngine:
         self.scripts: list[tuple[str | Callable[[list[str] | None], bool], ContainerScript]] = []
         self.containers: list[Container] = []
         self.volumes: dict[str, bool] = {}            # name -> still there
+        self.networks: dict[str, bool] = {}           # name -> still there
         self.alive = True                             # what answers() says
         self.volume_files: dict[str, list[str]] = {}
         self._exec_seen: dict[str, int] = {}
@@ -339,12 +350,22 @@ class FakeEngine:
             self.volumes[name] = False
 
     @contextlib.contextmanager
+    def network(self, name: str, owner: str = "") -> Iterator[str]:
+        self._record("network", name=name, owner=owner)
+        self.networks[name] = True
+        try:
+            yield name
+        finally:
+            self.networks[name] = False
+
+    @contextlib.contextmanager
     def container(self, image: str, command: list[str] | None = None, *, name: str,
                   volumes: dict[str, str] | None = None, env: dict | None = None,
                   gpus: bool = False, workdir: str | None = None, files: bytes | None = None,
-                  network: bool = True, owner: str = "") -> Iterator[str]:
+                  network: bool = True, owner: str = "", run_as=None) -> Iterator[str]:
         self._record("container", image=image, command=command, name=name, gpus=gpus,
-                     network=network)
+                     network=network, run_as=run_as, env=dict(env or {}),
+                     volumes=dict(volumes or {}))
         if self.image(image) is None:
             raise EngineError(f"No such image: {image}")
         script = self._script(command)
@@ -385,15 +406,18 @@ class FakeEngine:
         return self.alive
 
     def sweep(self) -> int:
-        """Remove what a dead process left: containers and volumes still there."""
+        """Remove what a dead process left: containers, volumes and networks still there."""
         self._record("sweep")
         left = [c for c in self.containers if not c.removed]
         gone = [v for v, there in self.volumes.items() if there]
+        nets = [n for n, there in self.networks.items() if there]
         for c in left:
             c.removed = True
         for v in gone:
             self.volumes[v] = False
-        return len(left) + len(gone)
+        for n in nets:
+            self.networks[n] = False
+        return len(left) + len(gone) + len(nets)
 
     def files_in(self, cid: str, path: str) -> list[str]:
         self._record("files_in", cid=cid, path=path)
@@ -549,6 +573,13 @@ class FakeDockerAPI(docker.APIClient):
 
     def remove_container(self, container, v=False, link=False, force=False):
         self.calls.append(("remove", container, force))
+
+    def create_network(self, name, **kw):
+        self.calls.append(("create_network", name, kw))
+        return {"Id": "net0"}
+
+    def remove_network(self, net_id):
+        self.calls.append(("remove_network", net_id))
 
 
 class NoEngine:

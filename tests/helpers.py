@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +105,41 @@ def one_error(r, code: int) -> dict:
     obj = json.loads(lines[0])
     assert obj["event"] == "error" and obj["exit_code"] == code and obj["message"], obj
     return obj
+
+
+# Linux counts in a child's peak RSS the memory of the process it was forked
+# from (exec records the old address space's high-water mark), so the command
+# is started by this small launcher, not by pytest, and its peak read there.
+LAUNCHER = r"""
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+with open(os.environ["RUSAGE_OUT"], "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}, f)
+"""
+
+
+def measured(cmd: list[str], tmp_path: Path, env: dict | None = None,
+             timeout: float = 60) -> tuple[int, str, str, float, int]:
+    """(exit code, stdout, stderr, seconds, peak RSS in KB) of CMD, a Python
+    command line (the interpreter's arguments), run in a process of its own."""
+    stamp = time.monotonic_ns()
+    out, err, usage = (tmp_path / f"{stamp}.{x}" for x in ("out", "err", "rusage"))
+    env = {**os.environ, **(env or {}), "RUSAGE_OUT": str(usage)}
+    env.pop("IMAGEKIT_DEBUG", None)
+    start = time.monotonic()
+    with out.open("wb") as o, err.open("wb") as e:
+        p = subprocess.Popen([sys.executable, "-c", LAUNCHER, *cmd], cwd=REPO, env=env,
+                             stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+            raise AssertionError(f"{cmd[-3:]} ran past {timeout} s") from None
+    seconds = time.monotonic() - start
+    got = json.loads(usage.read_text())
+    return got["code"], out.read_text(), err.read_text(), seconds, got["maxrss_kb"]

@@ -4,7 +4,9 @@
   items its streams become (build steps, layer progress, facts);
 - `dockerpy`: `Engine`, that protocol over docker-py's low-level client;
 - `buildx`: the buildx plugin, and BuildKit builds through it;
-- `export`: the one reader of an engine's image export (`docker save`).
+- `export`: the one reader of an engine's image export (`docker save`);
+- `ssh`: ssh:// engines through the system's ssh client (loaded only for
+  them by `dockerpy`).
 
 Stages import from here; nothing outside this package imports docker or
 parses buildx's output."""
@@ -29,11 +31,12 @@ from .types import (
     LayerProgress,
     PushDone,
     PushItem,
+    RunAs,
 )
 
 __all__ = ["BUILDKIT", "BUILDKIT_SINCE", "CLASSIC", "CLI_PLUGIN_DIRS", "HINT", "BuildCached",
            "BuildDone", "BuildItem", "BuildOutput", "BuildStep", "Builder", "Buildx",
            "BuildxBuilder", "ClassicBuilder", "ContainerState", "Engine", "EngineAPI", "RawJson",
            "choose",
-           "EngineFacts", "ImageInfo", "LayerProgress", "PushDone", "PushItem", "endpoint",
+           "EngineFacts", "ImageInfo", "LayerProgress", "PushDone", "PushItem", "RunAs", "endpoint",
            "find_buildx", "identity_of"]

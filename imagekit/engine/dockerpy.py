@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
 import socket
+import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import docker
 import docker.auth
@@ -29,6 +33,7 @@ import urllib3.exceptions
 from docker.types import DeviceRequest
 
 from ..errors import EngineError, EngineStreamError, EngineUnavailable
+from ..peer import peer_text
 from .types import (
     BUILDKIT_SINCE,
     CLASSIC,
@@ -44,6 +49,7 @@ from .types import (
     LayerProgress,
     PushDone,
     PushItem,
+    RunAs,
 )
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
@@ -79,6 +85,187 @@ def _where() -> str:
     return endpoint()[0]
 
 
+# -- reaching an engine ---------------------------------------------------------
+
+CONNECT_TIMEOUT = 10        # seconds an engine has, all in all, to answer `check`
+SSH_CONNECT_TIMEOUT = 15    # for ssh:// engines: ssh connects, logs in and starts
+                            # dial-stdio first (ssh itself gives up connecting after
+                            # ssh.CONNECT_TIMEOUT, 10 s, and says why)
+PROBE_BYTES = 64 * 1024     # of an answer to `check`'s requests, at most, are read
+# The API version the client is made with: no request goes out with it (`check`
+# asks the engine for its own before any versioned request).
+_PROBE_VERSION = docker.constants.MINIMUM_DOCKER_API_VERSION
+
+
+def check(api: docker.APIClient, where: str, limit: float = CONNECT_TIMEOUT) -> str:
+    """Whether API's server answers as a Docker engine within LIMIT seconds,
+    all requests together: GET /_ping says OK, GET /version is a JSON object
+    with ApiVersion and Version, and a ping at that API version is taken.
+    Returns its API version. Raises EngineUnavailable when the server answers
+    as something else (its words, through peer_text), and docker-py's and
+    requests' errors (`_unreachable` words them) when it does not answer."""
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + limit
+
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    def ask() -> None:
+        status, body = _probe(api, "/_ping", left())
+        if status != 200 or body.strip() != b"OK":
+            raise _not_docker(where, f"GET /_ping answered HTTP {status}", body)
+        status, body = _probe(api, "/version", left())
+        if status != 200:
+            raise _not_docker(where, f"GET /version answered HTTP {status}", body)
+        try:
+            version = json.loads(body)
+        except ValueError:
+            version = None
+        api_version = version.get("ApiVersion") if isinstance(version, dict) else None
+        if not (isinstance(api_version, str) and re.fullmatch(r"\d+\.\d+", api_version)
+                and isinstance(version.get("Version"), str)):
+            raise _not_docker(where, "GET /version gave no JSON object with ApiVersion and "
+                              "Version", body)
+        if docker.utils.version_lt(api_version, docker.constants.MINIMUM_DOCKER_API_VERSION):
+            raise EngineUnavailable(
+                f"the Docker engine at {where} speaks API {api_version}, older than the "
+                f"{docker.constants.MINIMUM_DOCKER_API_VERSION} imagekit needs (Engine 1.12)")
+        api._version = api_version
+        if not _ping(api, left()):
+            raise _not_docker(where, f"a ping at API {api_version} was refused", b"")
+        found["version"] = api_version
+
+    # every request has the time left, and a server that drips its answer byte
+    # by byte (each read within the timeout) is cut off at the deadline too
+    asking = threading.Thread(target=_keep_error(ask, found), name="imagekit-engine-check",
+                              daemon=True)
+    asking.start()
+    asking.join(limit + 0.5)
+    if asking.is_alive():
+        raise _Overdue(f"no complete answer within {limit:g} s")
+    if "error" in found:
+        raise found["error"]
+    return found["version"]
+
+
+def _ping(api: docker.APIClient, seconds: float) -> bool:
+    """docker-py's ping (GET /vX/_ping), answered within SECONDS (the client's
+    own timeout meanwhile: only while no other thread uses the client)."""
+    kept = api.timeout
+    api.timeout = seconds
+    try:
+        return bool(api.ping())
+    finally:
+        api.timeout = kept
+
+
+class _Overdue(requests.exceptions.Timeout):
+    """`check` ran out of time while its requests were still being answered."""
+
+
+def _keep_error(fn, box: dict):
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that waits
+            box["error"] = e
+    return run
+
+
+def _probe(api: docker.APIClient, path: str, seconds: float) -> tuple[int, bytes]:
+    """GET PATH (not versioned): its status and up to PROBE_BYTES of its body."""
+    response = api._get(api._url(path, versioned_api=False), timeout=seconds, stream=True)
+    body = b""
+    try:
+        for chunk in response.iter_content(4096):
+            body += chunk
+            if len(body) > PROBE_BYTES:
+                break
+    finally:
+        response.close()
+    return response.status_code, body[:PROBE_BYTES]
+
+
+def _not_docker(where: str, what: str, body: bytes) -> EngineUnavailable:
+    said = peer_text(body)
+    return EngineUnavailable(f"the server at {where} does not answer as a Docker engine "
+                             f"({what}{': ' + said if said else ', empty'})")
+
+
+def _ssh_client(url: str, timeout: int) -> docker.APIClient:
+    """docker-py's client for an ssh:// engine, through imagekit's own ssh
+    transport (`ssh`). docker-py's ssh code is never reached: the client is
+    made for a TCP address it never asks (with an API version given, it
+    asks nothing), then pointed at the ssh adapter."""
+    from docker.utils.proxy import ProxyConfig
+
+    from . import ssh
+    target = ssh.parse(url)
+    adapter = ssh.SshAdapter(target, ssh.extra_options())
+    api = docker.APIClient(base_url="tcp://127.0.0.1:2375", version=_PROBE_VERSION,
+                           timeout=timeout)
+    api.mount(ssh.SCHEME, adapter)
+    api.base_url = ssh.BASE_URL
+    # the proxies a Docker config sets for this engine (containers get them)
+    proxies = api._general_configs.get("proxies", {})
+    api._proxy_configs = ProxyConfig.from_dict(proxies.get(url, proxies.get("default", {})))
+    return api
+
+
+def _without_password(url: str) -> str:
+    """URL with the password of its user part (if any) written as ***."""
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        if parts.password is not None:
+            user, _, host = parts.netloc.rpartition("@")
+            return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+    return url
+
+
+def _unreachable(e: BaseException, where: str, limit: float) -> str:
+    """Why no engine answered at WHERE, in one line for a user."""
+    ssh = sys.modules.get(f"{__package__}.ssh")     # loaded for ssh:// engines only
+    if ssh is not None and isinstance(e, ssh.SshFailed):
+        return f"no Docker engine answers at {where} ({e})"     # ssh's own reason
+    if isinstance(e, ValueError) and not isinstance(e, requests.exceptions.RequestException):
+        return f"cannot reach {where}: {peer_text(e)}"   # an ssh:// URL, IMAGEKIT_SSH_OPTIONS
+    bad = _inner(e, http.client.BadStatusLine)
+    if bad is not None and not isinstance(bad, http.client.RemoteDisconnected):
+        return (f"the server at {where} does not answer as a Docker engine (it does not speak "
+                f"HTTP; it sent: {peer_text(getattr(bad, 'line', bad))})")
+    reason = str(e).split("\n")[0]
+    if "Permission denied" in reason:
+        reason = "permission denied: add your user to the docker group, or use sudo"
+        return f"no Docker engine answers at {where} ({reason})"
+    if isinstance(e, _Overdue):
+        reason = str(e)
+    elif isinstance(e, requests.exceptions.ConnectTimeout):
+        reason = f"no connection within {limit:g} s"
+    elif isinstance(e, requests.exceptions.Timeout):
+        reason = f"it took the connection but gave no answer within {limit:g} s"
+    elif "refused" in reason or "No such file" in reason:
+        reason = "nothing listens there"
+    elif "Connection aborted" in reason or "reset" in reason:
+        reason = "it closed the connection without an answer"
+    else:
+        reason = peer_text(reason)
+    return f"no Docker engine answers at {where} ({reason}); {HINT}"
+
+
+def _inner(e: BaseException, kind: type, depth: int = 0) -> BaseException | None:
+    """The KIND error inside E (requests and urllib3 wrap errors in their args)."""
+    if isinstance(e, kind):
+        return e
+    if depth > 8:
+        return None
+    for x in (*getattr(e, "args", ()), e.__cause__, e.__context__, getattr(e, "reason", None)):
+        if isinstance(x, BaseException):
+            found = _inner(x, kind, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 class Engine:
     """EngineAPI over docker-py's low-level client."""
 
@@ -90,27 +277,27 @@ class Engine:
 
     @classmethod
     def connect(cls, timeout: int = 600, url: str | None = None) -> Engine:
-        """The engine at `url` (any DOCKER_HOST form), else the environment's."""
-        where, _, context = (url, {}, "") if url else endpoint()
+        """The engine at `url` (any DOCKER_HOST form), else the environment's.
+        It has CONNECT_TIMEOUT seconds (an ssh:// one SSH_CONNECT_TIMEOUT) to
+        show that it is a Docker engine (`check`); `timeout` then bounds each
+        request of the real work (builds, loads, waits)."""
+        raw, params, context = (url, {"base_url": url}, "") if url else endpoint()
+        where = _without_password(raw)            # as messages name it
+        base = str(params.get("base_url") or "")
+        limit = SSH_CONNECT_TIMEOUT if base.startswith("ssh://") else CONNECT_TIMEOUT
         try:
-            if url:
-                api = docker.APIClient(base_url=url, version="auto", timeout=timeout,
-                                       use_ssh_client=url.startswith("ssh://"))
+            if base.startswith("ssh://"):
+                api = _ssh_client(base, timeout)
             else:
-                params = endpoint()[1]
-                api = docker.APIClient(version="auto", timeout=timeout,
-                                       use_ssh_client=str(params.get("base_url", ""))
-                                       .startswith("ssh://"), **params)
-            api.ping()
+                api = docker.APIClient(version=_PROBE_VERSION, timeout=timeout, **params)
+            api._version = check(api, where, limit)
             engine = cls(api, where, context)
             engine.sweep()       # what a process that died with the engine could not remove
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
-            reason = str(e).split("\n")[0]
-            if "Permission denied" in reason:
-                reason = "permission denied: add your user to the docker group, or use sudo"
-            elif "Connection aborted" in reason or "No such file" in reason or "refused" in reason:
-                reason = "nothing listens there"
-            raise EngineUnavailable(f"no Docker engine answers at {where} ({reason}); {HINT}") \
+        except EngineUnavailable:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError,
+                ValueError) as e:
+            raise EngineUnavailable(_unreachable(e, where, limit).replace(raw, where)) \
                 from None
         return engine
 
@@ -196,7 +383,9 @@ class Engine:
         end = time.monotonic() + settle
         while True:
             try:
-                self.api.ping()
+                api = self.api      # not api.ping(): no timeout of its own
+                if api._result(api._get(api._url("/_ping"), timeout=CONNECT_TIMEOUT)) != "OK":
+                    return False
             except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
                 return False
             if time.monotonic() >= end:
@@ -267,10 +456,10 @@ class Engine:
 
     # -- containers --------------------------------------------------------
     def sweep(self) -> int:
-        """Remove the containers and volumes an imagekit process on this machine
-        made and could not remove because it died, or the engine went away under
-        it (a process can only clean up while the engine answers). Returns how
-        many were removed."""
+        """Remove the containers, volumes and networks an imagekit process on this
+        machine made and could not remove because it died, or the engine went
+        away under it (a process can only clean up while the engine answers).
+        Returns how many were removed."""
         mine = {"label": [f"io.imagekit.host={_HOST}"]}
         removed = self._sweep_pending()
         try:
@@ -283,6 +472,11 @@ class Engine:
                 if not _alive((v.get("Labels") or {}).get("io.imagekit.pid")):
                     with contextlib.suppress(docker.errors.APIError):
                         self.api.remove_volume(v["Name"], force=True)
+                        removed += 1
+            for n in self.api.networks(filters=mine):
+                if not _alive((n.get("Labels") or {}).get("io.imagekit.pid")):
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.api.remove_network(n["Id"])
                         removed += 1
         except (docker.errors.APIError, requests.exceptions.RequestException):
             return removed
@@ -335,25 +529,48 @@ class Engine:
                 self.api.remove_volume(name, force=True)
 
     @contextlib.contextmanager
+    def network(self, name: str, owner: str = "") -> Iterator[str]:
+        """A private bridge network with no route out (internal), for containers
+        that must reach each other and nothing else; removed on every way out,
+        after the containers on it. `owner` (the image it serves) is kept in a
+        label."""
+        self._call(self.api.create_network, name, driver="bridge", internal=True,
+                   labels=_labels(owner))
+        try:
+            yield name
+        finally:
+            with contextlib.suppress(Exception):
+                self.api.remove_network(name)
+
+    @contextlib.contextmanager
     def container(self, image: str, command: list[str] | None = None, *, name: str,
                   volumes: dict[str, str] | None = None, env: dict | None = None,
                   gpus: bool = False, workdir: str | None = None,
                   files: bytes | None = None, network: bool = True,
-                  owner: str = "") -> Iterator[str]:
+                  owner: str = "", run_as: RunAs | None = None) -> Iterator[str]:
         """Create a container, copy `files` (a tar) into it, start it; it is
         force-removed on every way out (failure, timeout, Ctrl-C). With
-        network=False it has no network at all (`--network none`)."""
+        network=False it has no network at all (`--network none`); `run_as`:
+        a platform's user, /dev/shm, read-only root, host name, network and aliases."""
+        r = run_as or RunAs()
         host_config = self.api.create_host_config(
             binds={vol: {"bind": dst, "mode": "rw"} for vol, dst in (volumes or {}).items()},
             device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
-            init=True, network_mode=None if network else "none",
+            init=True, network_mode=r.network or (None if network else "none"),
+            shm_size=f"{r.shm_mb}m" if r.shm_mb else None, read_only=r.read_only or None,
+            tmpfs={p: "rw,exec,mode=1777" for p in r.tmpfs} or None,
         )
+        # on a network of its own, the other containers reach this one by its aliases
+        networking = self.api.create_networking_config(
+            {r.network: self.api.create_endpoint_config(aliases=list(r.aliases))}) \
+            if r.network and r.aliases else None
         cid = None
         try:
             created = self._call(
                 self.api.create_container, image, command=command, name=name,
                 environment=env or {}, host_config=host_config, working_dir=workdir,
-                labels=_labels(owner or image))
+                labels=_labels(owner or image), user=r.user or "", hostname=r.hostname,
+                networking_config=networking)
             cid = created["Id"]
             if files:
                 self._call(self.api.put_archive, cid, "/", files)
@@ -651,12 +868,17 @@ def _api_at_least(version: str, want: str) -> bool:
 
 
 def _stream_error(item: dict) -> str:
+    """The engine's words for a failure in a stream: one bounded line."""
     detail = item.get("errorDetail") or {}
-    return " ".join(str(detail.get("message") or item.get("error") or "unknown error").split())
+    if not isinstance(detail, dict):
+        detail = {}
+    return peer_text(detail.get("message") or item.get("error") or "unknown error")
 
 
 def _explain(e: Exception) -> str:
+    """An engine error's own reason: its first line, bounded."""
     text = getattr(e, "explanation", None) or str(e)
     if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
+        text = text[:64 * 1024].decode(errors="replace")
+    text = str(text)[:64 * 1024].strip()
+    return peer_text(text.splitlines()[0]) if text else type(e).__name__

@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..peer import peer_text
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -116,19 +118,36 @@ class Layout:
         return [x.diff_id for x in self.layers]
 
 
-def _json(data: bytes | None, what: str) -> object:
-    if data is None:
-        raise ExportError(f"the export names {what} but does not hold it")
+JSON_ITEMS = 200_000     # values in one JSON document of an export (its manifests and configs
+                         # hold hundreds): bounds what parsing it costs, ~100 bytes a value
+
+
+def parse_json(data: bytes, what: str) -> object:
+    """DATA parsed, refused (ExportError) when it is not JSON, nests past the
+    interpreter's limit, or holds more than JSON_ITEMS values: a 4 MiB
+    document of empty objects would otherwise cost 100 MB parsed."""
+    if data.count(b",") + data.count(b"{") + data.count(b"[") > JSON_ITEMS:
+        raise ExportError(f"{peer_text(what)} in the export holds more than {JSON_ITEMS} values; "
+                          "an image's documents hold far fewer")
     try:
         return json.loads(data)
+    except RecursionError:
+        raise ExportError(f"{peer_text(what)} in the export nests too deep") from None
     except ValueError:
-        raise ExportError(f"{what} in the export is not valid JSON") from None
+        raise ExportError(f"{peer_text(what)} in the export is not valid JSON") from None
+
+
+def _json(data: bytes | None, what: str) -> object:
+    if data is None:
+        raise ExportError(f"the export names {peer_text(what)} but does not hold it")
+    return parse_json(data, what)
 
 
 def _blob_path(digest: str) -> str:
     algo, _, hexd = str(digest).partition(":")
     if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexd):
-        raise ExportError(f"the export names a blob by an unusable digest {str(digest)[:80]!r}")
+        raise ExportError("the export names a blob by an unusable digest "
+                          f"{peer_text(repr(str(digest)[:80]))}")
     return f"blobs/sha256/{hexd}"
 
 
@@ -180,12 +199,13 @@ def _oci(get: Getter) -> Layout | None:
         return None
     doc = _json(raw, f"manifest {desc.get('digest')}")
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise ExportError(f"manifest {desc.get('digest')} in the export has no config")
+        raise ExportError(f"manifest {peer_text(desc.get('digest'))} in the export has no config")
     config_path = _blob_path(doc["config"].get("digest", ""))
     layers = []
     for d in doc.get("layers") or []:
         if not isinstance(d, dict):
-            raise ExportError(f"manifest {desc.get('digest')} lists a layer that is not an object")
+            raise ExportError(f"manifest {peer_text(desc.get('digest'))} lists a layer that is not "
+                              "an object")
         layers.append(LayerRef(_blob_path(d.get("digest", "")), str(d.get("mediaType") or ""),
                                str(d.get("digest")), int(d.get("size") or 0)))
     tags = []
@@ -227,11 +247,15 @@ def _legacy(get: Getter) -> Layout:
     return Layout("legacy", config_path, "", layers, [str(t) for t in entry.get("RepoTags") or []])
 
 
-def layout(small: Mapping[str, bytes], resolve: Callable[[str], str] = lambda p: p) -> Layout:
+def layout(small: Mapping[str, bytes], resolve: Callable[[str], str] = lambda p: p, *,
+           both: bool = False) -> Layout:
     """The image of an export whose small JSON members are `small` (by
     normalised path; symlinked members resolved with `resolve`). The OCI
     layout first, then manifest.json. Checks that the config hashes to its
-    digest, and fills each layer's diff ID from the config."""
+    digest, and fills each layer's diff ID from the config. With `both`,
+    manifest.json is checked too where index.json names the image: the two
+    must name the same config (the classic store loads what manifest.json
+    says, the containerd store what index.json says)."""
     def get(path: str) -> bytes | None:
         return small.get(resolve(path))
 
@@ -240,20 +264,35 @@ def layout(small: Mapping[str, bytes], resolve: Callable[[str], str] = lambda p:
         if get("manifest.json") is None:
             raise ExportError("the export has neither index.json nor manifest.json: "
                               "not an image archive")
-        found = _legacy(get)
+        return _complete(_legacy(get), get)
+    image = _complete(found, get)
+    if both and get("manifest.json") is not None:
+        legacy = _complete(_legacy(get), get)
+        if legacy.config_digest != image.config_digest:
+            raise ExportError(f"index.json names image {image.config_digest[:19]}, manifest.json "
+                              f"{legacy.config_digest[:19]}: the export does not match itself")
+    return image
+
+
+def _complete(found: Layout, get: Getter) -> Layout:
+    """FOUND with its config checked against its digest and the layers' diff IDs."""
     config_bytes = get(found.config_path)
     if config_bytes is None:
-        raise ExportError(f"the export names config {found.config_path} but does not hold it")
+        raise ExportError(f"the export names config {peer_text(found.config_path)} but does not "
+                          "hold it")
     digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
     named = posixpath.basename(found.config_path).removesuffix(".json")
     if re.fullmatch(r"[0-9a-f]{64}", named) and not digest.endswith(named):
-        raise ExportError(f"the image config {found.config_path} does not match its digest "
-                          f"({digest[:19]}…): the export is corrupt")
+        raise ExportError(f"the image config {peer_text(found.config_path)} does not match its "
+                          f"digest ({digest[:19]}…): the export is corrupt")
     config = _json(config_bytes, found.config_path)
     try:
-        diff_ids = [str(x) for x in config["rootfs"]["diff_ids"]]    # type: ignore[index]
+        raw_ids = config["rootfs"]["diff_ids"]    # type: ignore[index]
     except (KeyError, TypeError):
-        raise ExportError("the image config has no rootfs.diff_ids") from None
+        raw_ids = None
+    if not isinstance(raw_ids, list):
+        raise ExportError("the image config has no rootfs.diff_ids")
+    diff_ids = [str(x) for x in raw_ids]
     if len(diff_ids) != len(found.layers):
         raise ExportError(f"the export lists {len(found.layers)} layers, its config "
                           f"{len(diff_ids)}")
@@ -261,6 +300,82 @@ def layout(small: Mapping[str, bytes], resolve: Callable[[str], str] = lambda p:
               for x, d in zip(found.layers, diff_ids, strict=True)]
     return Layout(found.kind, found.config_path, digest, layers, found.repo_tags,
                   found.manifest_digest)
+
+
+@dataclass(frozen=True)
+class Named:
+    """One image that manifest.json or index.json names."""
+
+    where: str                    # "manifest.json" or "index.json"
+    config: str                   # its config digest; "" where the export cannot say
+    refs: tuple[str, ...] = ()    # the names it is given, as written
+    digests: tuple[str, ...] = ()  # index.json: the descriptor's digest, then its image manifests'
+
+
+def config_of(path: str, get: Getter) -> str:
+    """The config digest of the config at PATH: from its name when it is named by
+    its digest, else from its bytes; "" when the export does not hold it."""
+    m = BLOB.match(path) or re.fullmatch(r"([0-9a-f]{64})\.json", path)
+    if m:
+        return f"sha256:{m[1]}"
+    raw = get(path) if path else None
+    return "sha256:" + hashlib.sha256(raw).hexdigest() if raw is not None else ""
+
+
+def inventory(small: Mapping[str, bytes], resolve: Callable[[str], str] = lambda p: p) \
+        -> list[Named]:
+    """Every image manifest.json and index.json name, entry by entry (an
+    image with several tags may be several entries). An index.json entry is
+    one image whatever it nests: the linux/amd64 (or only) image manifest of
+    a nested index, attestation manifests left out (as _pick reads it);
+    attestation entries at the top are no image."""
+    def get(path: str) -> bytes | None:
+        return small.get(resolve(path))
+
+    found: list[Named] = []
+    raw = get("manifest.json")
+    if raw is not None:
+        entries = _json(raw, "manifest.json")
+        if not isinstance(entries, list):
+            raise ExportError("manifest.json in the export is not a list of images")
+        for e in entries:
+            if not isinstance(e, dict):
+                raise ExportError("manifest.json in the export lists an image that is not an object")
+            tags = e.get("RepoTags") or []
+            if not isinstance(tags, list):
+                raise ExportError("manifest.json in the export has RepoTags that are not a list")
+            found.append(Named("manifest.json", config_of(norm(str(e.get("Config") or "")), get),
+                               tuple(str(t) for t in tags)))
+    raw = get("index.json")
+    if raw is not None:
+        index = _json(raw, "index.json")
+        if not isinstance(index, dict):
+            raise ExportError("index.json in the export is not a JSON object")
+        top = index.get("manifests") or []
+        if not isinstance(top, list):
+            raise ExportError("index.json in the export has manifests that are not a list")
+        for d in top:
+            if not isinstance(d, dict):
+                continue
+            notes = d.get("annotations") if isinstance(d.get("annotations"), dict) else {}
+            if notes.get("vnd.docker.reference.type") == ATTESTATION:
+                continue
+            try:
+                picked = _pick([d], get)
+            except ExportError:
+                picked = []
+            configs = set()
+            for m in picked:
+                body = get(_blob_path(m.get("digest", "")))
+                doc = _json(body, "a manifest") if body is not None else None
+                if isinstance(doc, dict) and isinstance(doc.get("config"), dict):
+                    configs.add(str(doc["config"].get("digest") or ""))
+            name = notes.get("io.containerd.image.name")
+            config = configs.pop() if len(configs) == 1 else \
+                ("" if not configs else f"several:{d.get('digest')}")
+            found.append(Named("index.json", config, (str(name),) if name else (),
+                               (str(d.get("digest")), *(str(m.get("digest")) for m in picked))))
+    return found
 
 
 def wants(name: str, size: int, head: bytes = b"{") -> bool:
@@ -272,98 +387,467 @@ def wants(name: str, size: int, head: bytes = b"{") -> bool:
     return bool(BLOB.match(name)) and head[:1] == b"{"
 
 
-class Watcher:
-    """Reads tar headers from bytes as they pass (a load or a save streams the
-    archive through it) and keeps the export's small JSON members, so that
-    `layout()` can be asked once the stream has passed. Memory: the JSON
-    members only."""
+ZERO_BLOCK = bytes(512)
+EXT_LIMIT = 1 << 20         # a PAX or GNU long-name header: Go's archive/tar (the engine's) refuses larger
+HELD_LIMIT = 4 * EXT_LIMIT  # extended headers withheld in a row
+HEADER_ONLY = frozenset(b"123456")   # links, devices, folders, FIFOs: no data, whatever the size field says
+DOCS = ("manifest.json", "index.json")
+ENTRY_COST = 256            # what one kept name costs beside its bytes
+_LOW = bytes(range(128))
+_OCTAL = re.compile(rb"[0-7]+")
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.left = 0                      # bytes of the current member and its padding
-        self.data_left = 0                 # of which member data still to collect
-        self.name = ""
-        self.collect: bytearray | None = None
-        self.maybe = False                 # a blob that is JSON if its first byte is '{'
-        self.next_name: str | None = None  # from a PAX or GNU long-name header
+
+def _damaged(what: str) -> ExportError:
+    return ExportError(f"the tar is corrupt ({what})")
+
+
+def _cstr(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _octal(field: bytes) -> int:
+    digits = field.strip(b" \0").split(b"\0", 1)[0]
+    if not digits:
+        return 0
+    if not _OCTAL.fullmatch(digits):
+        raise _damaged("a header field is not a number")
+    return int(digits, 8)
+
+
+def _numeric(field: bytes) -> int:
+    """A size field as Go's archive/tar reads it: octal, or base-256 when the
+    high bit is set (negative values refused)."""
+    if field[0] & 0x80:
+        if field[0] & 0x40:
+            raise _damaged("a negative size")
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    return _octal(field)
+
+
+def _format(head: bytes) -> str:
+    """'ustar', 'star', 'gnu' or 'v7', after the header's checksum is checked
+    (signed or unsigned sum, as Go's archive/tar accepts)."""
+    try:
+        value = _octal(head[148:156])
+    except ExportError:
+        value = -1
+    blanked = head[:148] + b"        " + head[156:]
+    unsigned = sum(blanked)
+    signed = unsigned - 256 * len(blanked.translate(None, _LOW))
+    if value not in (unsigned, signed):
+        raise _damaged("a header fails its checksum")
+    magic = head[257:263]
+    if magic == b"ustar\0":
+        return "star" if head[508:512] == b"tar\0" else "ustar"
+    if magic == b"ustar " and head[263:265] == b" \0":
+        return "gnu"
+    return "v7"
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """The records of a PAX header, as Go's archive/tar parses them (the last
+    of a key wins); a malformed record is refused."""
+    records: dict[str, str] = {}
+    while data:
+        size, space, rest = data.partition(b" ")
+        text = size.decode("ascii", "replace")
+        if not space or not _DECIMAL.fullmatch(text):
+            raise _damaged("a malformed PAX record")
+        n = int(text) - len(size) - 1
+        if int(text) < 5 or n <= 0 or n > len(rest):
+            raise _damaged("a malformed PAX record")
+        record, newline, data = rest[:n - 1], rest[n - 1:n], rest[n:]
+        key, eq, value = record.partition(b"=")
+        if newline != b"\n" or not eq or not key or b"\0" in key:
+            raise _damaged("a malformed PAX record")
+        k, v = key.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+        if k in ("path", "linkpath", "uname", "gname") and "\0" in v:
+            raise _damaged("a PAX name holds a NUL")
+        records[k] = v
+    return records
+
+
+def _ustar(name: str, size: int) -> bytes:
+    """A plain USTAR header for a regular file NAME of SIZE bytes."""
+    head = bytearray(512)
+    raw = name.encode()
+    head[:len(raw)] = raw
+    head[100:108] = b"0000644\0"
+    head[108:116] = head[116:124] = b"0000000\0"
+    head[124:136] = b"%011o\0" % size
+    head[136:148] = b"00000000000\0"
+    head[148:156] = b"        "
+    head[156:157] = b"0"
+    head[257:265] = b"ustar\x0000"
+    head[148:156] = b"%06o\0 " % sum(head)
+    return bytes(head)
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+class Watcher:
+    """Reads a tar's headers from its bytes as they pass (save and load stream
+    the export or archive through it), the way the engine's own reader (Go's
+    archive/tar, then Docker's untar) will: checksums checked, PAX and GNU
+    long names, PAX sizes, header-only kinds, the last member of a name
+    winning, symbolic and hard links. It keeps the small JSON members, so that
+    `layout()` and `inventory()` can be asked once the stream has passed.
+
+    Memory: what it keeps. `keep` caps one JSON document, `budget` all that is
+    kept (documents and link names; None: no cap); with `strict`, a document
+    named like one (`*.json`) over `keep`, the budget, a malformed header or a
+    member kind an image archive never holds raise ExportError from feed();
+    without it the first such error is kept and raised by layout().
+
+    feed() returns the bytes to pass on: the input, less the end-of-archive
+    marker and what follows it (a reader that has not seen the marker cannot
+    finish), and, with `rewrite`, with manifest.json and index.json replaced
+    by rewrite(name, bytes) (their extended headers dropped, a plain header
+    written)."""
+
+    def __init__(self, *, keep: int = SMALL, budget: int | None = None, strict: bool = False,
+                 rewrite: Callable[[str, bytes], bytes] | None = None) -> None:
+        self.keep, self.budget, self.strict, self.rewrite = keep, budget, strict, rewrite
         self.small: dict[str, bytes] = {}
         self.links: dict[str, str] = {}
-        self.ended = False
+        self.original: dict[str, bytes] = {}   # the documents rewrite() replaced, as they were
+        self.skipped: dict[str, int] = {}      # JSON-like members not kept (too large): their size
+        self.kept = 0                          # bytes held, charged against the budget
+        self.members = 0
+        self.ended = False                     # the end-of-archive marker has passed
+        self.error: ExportError | None = None
+        self.trailing = 0                      # bytes after the marker
+        self.trailing_junk = False             # some of them not zero
+        self._head = bytearray()               # a header begun in the previous chunk
+        self._left = 0                         # bytes of the current member and its padding to come
+        self._data_left = 0                    # of which data
+        self._collect: bytearray | None = None
+        self._what = ""                        # what is collected: doc, blob, x, g, L, K
+        self._name = ""
+        self._hold = ""                        # "ext" / "doc": the current member's bytes are withheld
+        self._held = bytearray()               # extended headers withheld until their member
+        self._pax: dict[str, str] = {}
+        self._long_name = self._long_link = ""
+        self._cost: dict[str, int] = {}
+        self._dirs: set[str] = set()           # folders that hold kept names
+        self._mv = memoryview(b"")
+        self._pieces: list = []
+        self._run: list[int] | None = None
 
-    def feed(self, data: bytes) -> None:
-        if self.collect is None and not self.buf and len(data) <= self.left:
-            self.left -= len(data)         # the middle of a layer: nothing to look at
-            return
-        self.buf += data
-        while not self.ended:
-            if self.left:
-                take = min(self.left, len(self.buf))
-                if not take:
-                    return
-                if self.collect is not None and self.data_left:
-                    use = min(take, self.data_left)
-                    if self.maybe and not self.collect and self.buf[:1] != b"{":
-                        self.collect = None          # a layer blob, not JSON
-                    else:
-                        self.collect += self.buf[:use]
-                        self.data_left -= use
-                    self.maybe = False
-                del self.buf[:take]
-                self.left -= take
-                if not self.left and self.collect is not None:
-                    self._finish()
+    # -- the stream --------------------------------------------------------
+    def feed(self, data: bytes) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self._feed(data)
+        except ExportError as e:
+            self.error = e
+            if self.strict:
+                raise
+            return b""
+
+    def _feed(self, data: bytes) -> bytes:
+        n = len(data)
+        if self.ended:
+            self._trail(data)
+            return b""
+        if self._collect is None and not self._hold and not self._head and n < self._left:
+            self._left -= n                    # the middle of a layer: nothing to look at
+            self._data_left -= min(n, self._data_left)
+            return data
+        self._mv, self._pieces, self._run = memoryview(data), [], None
+        i = 0
+        while i < n and not self.ended:
+            if self._left:
+                take = min(self._left, n - i)
+                used = min(take, self._data_left)
+                if used and self._collect is not None:
+                    self._take(self._mv[i:i + used])
+                self._data_left -= used
+                self._left -= take
+                if self._hold == "ext":
+                    self._hold_bytes(self._mv[i:i + take])
+                elif not self._hold:
+                    self._pass(i, i + take)
+                i += take
+                if not self._left:
+                    self._done()
                 continue
-            if len(self.buf) < 512:
-                return
-            head = bytes(self.buf[:512])
-            del self.buf[:512]
-            if not head.strip(b"\0"):
-                self.ended = True
-                return
-            self._header(head)
+            if not self._head and n - i >= 512:
+                head, span = bytes(self._mv[i:i + 512]), (i, i + 512)
+                i += 512
+            else:
+                take = min(512 - len(self._head), n - i)
+                self._head += self._mv[i:i + take]
+                i += take
+                if len(self._head) < 512:
+                    break
+                head, span = bytes(self._head), None
+                self._head.clear()
+            self._header(head, span)
+        if self.ended and i < n:
+            self._trail(bytes(self._mv[i:]))
+        if not self._pieces and self._run == [0, n]:
+            return data
+        self._flush()
+        out = b"".join(self._pieces)
+        self._pieces = []
+        return out
 
-    def _header(self, head: bytes) -> None:
-        name = head[:100].split(b"\0")[0].decode(errors="replace")
-        prefix = head[345:500].split(b"\0")[0].decode(errors="replace")
-        if prefix and head[257:262] == b"ustar":
-            name = f"{prefix}/{name}"
-        size_field = head[124:136]
-        if size_field[0] & 0x80:                          # base-256 size
-            size = int.from_bytes(size_field[1:], "big")
+    def _pass(self, a: int, b: int) -> None:
+        if a < b:
+            if self._run is not None and self._run[1] == a:
+                self._run[1] = b
+            else:
+                self._flush()
+                self._run = [a, b]
+
+    def _insert(self, data: bytes) -> None:
+        if data:
+            self._flush()
+            self._pieces.append(data)
+
+    def _flush(self) -> None:
+        if self._run is not None:
+            self._pieces.append(self._mv[self._run[0]:self._run[1]])
+            self._run = None
+
+    def _emit_head(self, head: bytes, span: tuple[int, int] | None) -> None:
+        if span is not None:
+            self._pass(*span)
         else:
-            try:
-                size = int(size_field.split(b"\0")[0].strip() or b"0", 8)
-            except ValueError:
-                raise ExportError("the archive is corrupt (a damaged tar header)") from None
+            self._insert(head)
+
+    def _hold_bytes(self, data) -> None:
+        self._held += data
+        if len(self._held) > HELD_LIMIT:
+            raise _damaged(f"extended headers of more than {mib(HELD_LIMIT)} in a row")
+
+    def _trail(self, data: bytes) -> None:
+        self.trailing += len(data)
+        if not self.trailing_junk and data.count(0) != len(data):
+            self.trailing_junk = True
+
+    def _charge(self, name: str, n: int) -> None:
+        self._cost[name] = self._cost.get(name, 0) + n
+        self.kept += n
+        if self.budget is not None and self.kept > self.budget:
+            raise ExportError(f"the archive's JSON documents pass {mib(self.budget)} in all "
+                              "(imagekit keeps at most that much of them while loading)")
+
+    # -- headers -----------------------------------------------------------
+    def _header(self, head: bytes, span: tuple[int, int] | None) -> None:
+        if head == ZERO_BLOCK:
+            self.ended = True                  # the marker and all after it are withheld
+            self._held.clear()
+            return
+        form = _format(head)
+        name = _cstr(head[:100])
+        if form in ("ustar", "star"):
+            prefix = _cstr(head[345:500] if form == "ustar" else head[345:476])
+            if prefix:
+                name = f"{prefix}/{name}"
         kind = head[156:157]
-        self.left, self.data_left, self.collect, self.maybe = size + (-size) % 512, size, None, False
-        if kind in (b"x", b"L"):
-            self.name = "\0pax" if kind == b"x" else "\0long"
-            self.collect = bytearray()
+        size = _numeric(head[124:136])
+        link = _cstr(head[157:257])
+        if kind in (b"x", b"g", b"L", b"K"):
+            if size > EXT_LIMIT:
+                raise _damaged(f"a tar header extension of {mib(size)}; Docker reads at most "
+                               f"{mib(EXT_LIMIT)}")
+            self._begin(size)
+            self._collect, self._what = bytearray(), kind.decode()
+            if kind == b"g":                   # stands alone; what came before it no longer applies
+                self._pax, self._long_name, self._long_link = {}, "", ""
+            if self.rewrite is not None and kind != b"g":
+                self._hold = "ext"
+                self._hold_bytes(head)
+            else:
+                self._release()
+                self._emit_head(head, span)
+            if not self._left:
+                self._done()
+            return
+        pax, long_name, long_link = self._pax, self._long_name, self._long_link
+        self._pax, self._long_name, self._long_link = {}, "", ""
+        if any(k.startswith("GNU.sparse.") for k in pax):
+            raise ExportError("the tar holds a sparse member; an image archive holds none")
+        name = pax.get("path") or name
+        link = pax.get("linkpath") or link
+        if pax.get("size"):
+            if not _DECIMAL.fullmatch(pax["size"]) or not 0 <= int(pax["size"]) < 1 << 63:
+                raise _damaged("a PAX size that is not a size")
+            size = int(pax["size"])
+        name = long_name or name
+        link = long_link or link
+        if kind == b"\0":
+            kind = b"5" if name.endswith("/") else b"0"
+        if kind not in (b"0", b"1", b"2", b"3", b"4", b"5", b"6"):
+            what = "a GNU sparse member" if kind == b"S" else \
+                f"a member of kind {kind.decode('latin-1')!r}"
+            raise ExportError(f"the tar holds {what}; an image archive holds none")
+        data = 0 if kind[0] in HEADER_ONLY else size
+        path = norm(name) if name else name
+        self.members += 1
+        self._through_link(path)
+        self._begin(data)
+        self._name = path
+        target = self.rewrite is not None and path in DOCS
+        if target and kind != b"0":
+            raise ExportError(f"{peer_text(path)} in the tar is not a plain file (a link or a folder), so "
+                              "one image cannot be picked from it as it passes")
+        self._place(kind, path, link)
+        if kind == b"0":
+            self._want(path, data)
+        if target:
+            self._held.clear()                 # its extended headers go; a plain header comes
+            self._hold = "doc"
         else:
-            if self.next_name:
-                name, self.next_name = self.next_name, None
-            self.name = norm(name) if name else name
-            if kind in (b"1", b"2"):
-                target = head[157:257].split(b"\0")[0].decode(errors="replace")
-                self.links[self.name] = norm(target) if kind == b"1" else \
-                    norm(posixpath.join(posixpath.dirname(self.name), target))
-            elif kind in (b"0", b"\0") and wants(self.name, size):
-                self.collect = bytearray()
-                self.maybe = bool(BLOB.match(self.name))
-        if not self.left and self.collect is not None:
-            self._finish()
+            self._release()
+            self._emit_head(head, span)
+        if not self._left:
+            self._done()
 
-    def _finish(self) -> None:
-        data, self.collect = bytes(self.collect or b""), None
-        if self.name == "\0pax":
-            for rec in data.decode(errors="replace").split("\n"):
-                if " path=" in rec:
-                    self.next_name = rec.split(" path=", 1)[1]
-        elif self.name == "\0long":
-            self.next_name = data.split(b"\0")[0].decode(errors="replace")
-        else:
-            self.small[self.name] = data
+    def _begin(self, size: int) -> None:
+        self._left, self._data_left = size + (-size) % 512, size
+        self._collect, self._what, self._hold = None, "", ""
 
-    def layout(self) -> Layout:
-        return layout(self.small, lambda p: follow(self.links, p))
+    def _release(self) -> None:
+        if self._held:
+            self._insert(bytes(self._held))
+            self._held.clear()
+
+    def _want(self, path: str, size: int) -> None:
+        """Whether to keep this regular member: a JSON document by name, or a
+        blob that may be one (if its first byte is '{')."""
+        named = path in DOCS or path.endswith(".json")
+        if not named and not BLOB.match(path):
+            return
+        if size > self.keep:
+            if named and self.strict:
+                raise ExportError(f"{peer_text(path)} in the archive is a JSON document of "
+                                  f"{mib(size)}; imagekit reads at most {mib(self.keep)}")
+            if len(self.skipped) < 4096:
+                self.skipped[path] = size
+            return
+        self._charge(path, size + ENTRY_COST)
+        self._collect, self._what = bytearray(), "doc" if named else "blob"
+
+    def _take(self, piece) -> None:
+        if self._what == "blob" and not self._collect and piece[:1] != b"{":
+            self._forget(self._name)            # a layer, not JSON
+            self._collect = None
+            return
+        self._collect += piece  # type: ignore[operator]
+
+    def _done(self) -> None:
+        what, data = self._what, self._collect
+        self._collect, self._what = None, ""
+        hold, self._hold = self._hold, ""
+        if what in ("x", "L", "K"):
+            raw = bytes(data or b"")
+            if what == "x":
+                self._pax = _pax_records(raw)
+            elif what == "L":
+                self._long_name = _cstr(raw)
+            else:
+                self._long_link = _cstr(raw)
+            return
+        if what == "g":
+            _pax_records(bytes(data or b""))
+            return
+        name = self._name
+        body = bytes(data) if data is not None else None
+        if body is not None and what == "blob" and self.strict and _attestation(body):
+            self._forget(name)                  # an in-toto statement: never read, not kept
+            body = None
+        if hold == "doc":
+            if body is None:                    # too large: refused in _want
+                raise ExportError(f"{peer_text(name)} in the archive could not be read")
+            new = self.rewrite(name, body)  # type: ignore[misc]
+            self.original[name] = body
+            self._charge(name, len(new))
+            self.small[name] = new
+            self._insert(_ustar(name, len(new)) + new + bytes(-len(new) % 512))
+        elif body is not None:
+            self.small[name] = body
+        if body is not None:
+            self._note_dirs(name)
+
+    # -- what a path holds -------------------------------------------------
+    def _through_link(self, path: str) -> None:
+        """Refuse a member written through a symbolic link to a folder: the
+        engine's untar would follow it, and the name read here would not be
+        the file the engine reads."""
+        if not self.links or "/" not in path:
+            return
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in self.links:
+                raise ExportError(f"the tar writes {peer_text(path)} through the symbolic link "
+                                  f"{peer_text(prefix)}; an image archive does not")
+
+    def _forget(self, path: str, under: bool = False) -> None:
+        self.kept -= self._cost.pop(path, 0)
+        self.small.pop(path, None)
+        self.links.pop(path, None)
+        self.original.pop(path, None)
+        if under and path in self._dirs:
+            inside = path + "/"
+            for k in [k for k in (*self.small, *self.links) if k.startswith(inside)]:
+                self._forget(k)
+
+    def _note_dirs(self, path: str) -> None:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            self._dirs.add("/".join(parts[:i]))
+
+    def _place(self, kind: bytes, path: str, link: str) -> None:
+        """What PATH holds after this member, as the engine's untar leaves it:
+        a folder keeps what is in it; anything else replaces the path, folder
+        and all."""
+        if kind == b"5":
+            if path in self.small or path in self.links:
+                self._forget(path)
+            return
+        self._forget(path, under=True)
+        if kind == b"2":
+            target = norm(posixpath.join(posixpath.dirname(path), link))
+            self._charge(path, ENTRY_COST + len(path) + len(target))
+            self.links[path] = target
+            self._note_dirs(path)
+        elif kind == b"1":
+            target = norm(link)
+            self._through_link(target)
+            if target in self.links:
+                raise ExportError(f"the tar holds a hard link to the symbolic link "
+                                  f"{peer_text(target)}; an image archive does not")
+            if target in self.small:
+                self._charge(path, ENTRY_COST + len(path))
+                self.small[path] = self.small[target]
+                self._note_dirs(path)
+
+    # -- what it holds -----------------------------------------------------
+    def resolve(self, path: str) -> str:
+        return follow(self.links, path)
+
+    def layout(self, both: bool = False) -> Layout:
+        if self.error is not None:
+            raise self.error
+        return layout(self.small, self.resolve, both=both)
+
+    def inventory(self, original: bool = False) -> list[Named]:
+        """The images manifest.json and index.json name (as the archive had
+        them with `original`, else as they were passed on)."""
+        docs = {**self.small, **self.original} if original else self.small
+        return inventory(docs, self.resolve)
+
+
+def _attestation(body: bytes) -> bool:
+    """An in-toto statement (BuildKit's SBOM and provenance attestations):
+    image manifests and configs are never read from one."""
+    start = body[:1024]
+    return b'"_type"' in start and b"in-toto.io/Statement" in start

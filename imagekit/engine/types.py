@@ -89,6 +89,23 @@ class ContainerState:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    """How a platform runs a container, beyond the image's own settings: the
+    user (UID:GID), the size of /dev/shm, a read-only root file system with
+    empty writable tmpfs folders, the host name, and a network by name (a
+    private network of several nodes) with the names the other containers on
+    it reach this one by (`aliases`)."""
+
+    user: str | None = None
+    shm_mb: int | None = None
+    read_only: bool = False
+    tmpfs: tuple[str, ...] = ()
+    hostname: str | None = None
+    network: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class EngineFacts:
     """What the engine is (`docker version` / `docker info`, decoded)."""
 
@@ -132,10 +149,11 @@ class EngineAPI(Protocol):
     def import_image(self, stream: IO[bytes], repository: str, tag: str,
                      changes: list[str]) -> None: ...
     def volume(self, name: str, owner: str = "") -> contextlib.AbstractContextManager[str]: ...
+    def network(self, name: str, owner: str = "") -> contextlib.AbstractContextManager[str]: ...
     def container(self, image: str, command: list[str] | None = None, *, name: str,
                   volumes: dict[str, str] | None = None, env: dict | None = None,
                   gpus: bool = False, workdir: str | None = None, files: bytes | None = None,
-                  network: bool = True, owner: str = "") \
+                  network: bool = True, owner: str = "", run_as: RunAs | None = None) \
         -> contextlib.AbstractContextManager[str]: ...
     def files_in(self, cid: str, path: str) -> list[str]: ...
     def sweep(self) -> int: ...

@@ -127,6 +127,15 @@ def child_of(session_project, docker_api):
 
 
 @pytest.fixture(scope="session")
+def notebook_image(torch_image, child_of):
+    """detectron2-notebook's kind: JupyterLab FROM torch_image, its base URL from
+    seed 002's platform's variable or Kubeflow's."""
+    return child_of(torch_image, "notebook", {
+        "jupyter": {"enabled": True, "base_url_env": ["PUMPKIN_JPY_BASE_URL", "NB_PREFIX"],
+                    "notebook_dir": "/code"}})
+
+
+@pytest.fixture(scope="session")
 def gpu_image(session_project, base_image, docker_api):
     """The one GPU image the suite builds: the ssd-mxnet-gpu catalog image (MXNet
     with CUDA 11 from NVIDIA's wheels, about 4 GB), under a unique name."""

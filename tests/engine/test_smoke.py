@@ -104,10 +104,8 @@ def test_gpu_training_when_the_engine_has_one(session_project, docker_api, base_
         docker_api.remove_image(f"{name}:test", force=True)
 
 
-def test_notebook_answers_under_base_url(torch_image, child_of, docker_api):
-    nb = child_of(torch_image, "notebook", {
-        "jupyter": {"enabled": True, "base_url_env": "PUMPKIN_JPY_BASE_URL",
-                    "notebook_dir": "/code"}})
+def test_notebook_answers_under_base_url(notebook_image, docker_api):
+    nb = notebook_image
     r = _smoke(nb)
     assert r.code == 0, r.output[-3000:]
     rep = _report(r)["notebook"]

@@ -35,6 +35,8 @@ from imagekit.events import (
     MatrixResult,
     MatrixRow,
     NotebookResult,
+    PlatformRow,
+    PlatformsResult,
     Progress,
     PushedDestination,
     PushResult,
@@ -84,6 +86,9 @@ RESULTS: dict[type, StageResult] = {r.__class__: r for r in [
     MatrixResult("", rows=[MatrixRow("pytorch", "2.13.0", "3.11", "torch==2.13.0", "torch==2.13.0",
                                      "12.4 / 9 (wheels)", "nvidia/cuda"),
                            MatrixRow("tensorflow", "1.6.0", refused="needs CUDA 9")]),
+    PlatformsResult("", rows=[PlatformRow("sagemaker", "output=/opt/ml/model", "root", 64,
+                                          "writable", "none", 1, "IMAGE train", "shipped",
+                                          "SageMaker training jobs")]),
     DoctorResult("", where="unix:///var/run/docker.sock", server_version="26.1.5",
                  checks=[DoctorCheck("engine", "unix:///var/run/docker.sock (the default socket)"),
                          DoctorCheck("base", "b:1: not in the engine", ok=False,
@@ -119,6 +124,11 @@ PLAIN: dict[type, list[str]] = {
                     "name\tframework\tdevice\tpython\tcuda\tparent\tjupyter\ttags\tdescription",
                     "x\tpytorch 2.13.0\tcpu\t3.11\t-\t-\t-\tv1\tdesc"],
     MatrixResult: ["imagekit compatibility matrix"],
+    PlatformsResult: ["platform profiles (imagekit smoke NAME --platform P)",
+                      "name\tmounts\tuser\tshm mb\troot fs\tnetwork\tnodes\tstart\tsource",
+                      "sagemaker\toutput=/opt/ml/model\troot\t64\twritable\tnone\t1\tIMAGE train"
+                      "\tshipped",
+                      "sagemaker: SageMaker training jobs"],
     DoctorResult: ["engine  unix:///var/run/docker.sock (the default socket)",
                    "base    b:1: not in the engine",
                    "        fix: imagekit base bootstrap",
@@ -196,7 +206,7 @@ def test_rich_view_renders_every_result(monkeypatch, kind):
         d.show(RESULTS[kind])
     text = console.file.getvalue()
     tables = {GraphResult: "its parent bb failed", InspectResult: "RUN a", CatalogResult: "desc",
-              MatrixResult: "needs CUDA 9"}
+              MatrixResult: "needs CUDA 9", PlatformsResult: "IMAGE train"}
     assert tables.get(kind, PLAIN[kind][0]) in text
 
 

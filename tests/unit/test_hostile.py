@@ -608,7 +608,7 @@ def test_bad_archive(run, tmp_path, monkeypatch, kind):
 
 
 def test_load_missing_file(run, tmp_path):
-    check(run("load", str(tmp_path / "nope.zip")), 14, ["no such file"])
+    check(run("load", str(tmp_path / "nope.zip")), 2, ["no such file"])   # a usage error
 
 
 # --------------------------------------------------------------- totals ----

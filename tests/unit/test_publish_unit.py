@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from fakes import DIGEST, FakeEngine, image_archive, push_error, push_ok
+from fakes import DIGEST, FakeEngine, as_loaded, image_archive, push_error, push_ok
 from helpers import imagekit
 
 from imagekit import load as load_stage
@@ -382,7 +382,7 @@ def test_save_every_format_round_trips(passed, out_dir, fmt):
     # and load reads it back, checking the checksum and the image ID
     fresh = FakeEngine()
     events = list(load_stage.load(out, fresh))
-    assert fresh.received == TAR and not fresh.load_aborted
+    assert fresh.received == as_loaded(TAR) and not fresh.load_aborted
     assert events[-1].checksum == "verified" and events[-1].manifest == "config digest matches"
     assert events[-1].refs == ["x:v1"] and events[-1].image_id == IMAGE_ID
     assert fresh.images["x:v1"].id == IMAGE_ID
@@ -553,7 +553,7 @@ def test_not_an_archive(out_dir):
     f.write_bytes(b"hello, this is not an image" * 40)
     with pytest.raises(LoadError, match="not an image archive"):
         list(load_stage.load(f, FakeEngine()))
-    with pytest.raises(LoadError, match="no such file"):
+    with pytest.raises(UsageError, match="no such file"):
         list(load_stage.load(out_dir / "missing.zip", FakeEngine()))
 
 
@@ -563,7 +563,7 @@ def test_engine_refusal_of_the_archive(out_dir):
     eng = FakeEngine(load_error="unexpected EOF")
     with pytest.raises(LoadError, match="the engine refused the archive: unexpected EOF"):
         list(load_stage.load(f, eng))
-    assert eng.received == TAR and eng.images == {}
+    assert eng.received == as_loaded(TAR) and eng.images == {}
 
 
 # -- display and CLI ------------------------------------------------------------

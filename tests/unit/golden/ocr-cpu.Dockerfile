@@ -26,6 +26,10 @@ WORKDIR /opt/ocr
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/ocr/
 
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
+RUN printf '%s\n' '#!/bin/sh' 'cd /opt/ocr || exit 1' 'exec "python" "tools/train_shadownet.py" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train
+
 LABEL org.opencontainers.image.title="ocr-cpu" \
       org.opencontainers.image.description="CRNN text-line OCR training with TensorFlow (CPU)" \
       org.opencontainers.image.version="v1.0" \

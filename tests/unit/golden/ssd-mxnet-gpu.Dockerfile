@@ -35,6 +35,10 @@ WORKDIR /opt/ssd
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/ssd/
 
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
+RUN printf '%s\n' '#!/bin/sh' 'cd /opt/ssd || exit 1' 'exec "python" "train.py" "--gpus" "0,1" "--batch-size" "32" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train
+
 LABEL org.opencontainers.image.title="ssd-mxnet-gpu" \
       org.opencontainers.image.description="SSD-style detection training with MXNet Gluon (GPU)" \
       org.opencontainers.image.version="v1.0" \

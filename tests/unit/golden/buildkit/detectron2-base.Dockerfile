@@ -28,6 +28,10 @@ WORKDIR /opt/detectron2
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/detectron2/
 
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
+RUN --network=none printf '%s\n' '#!/bin/sh' 'cd /opt/detectron2 || exit 1' 'exec "python" "tools/train_net.py" "--config-file" "configs/faster_rcnn_tiny.yaml" "--num-gpus" "1" "OUTPUT_DIR" "/model" "DATASETS.ROOT" "/data/data" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train
+
 LABEL org.opencontainers.image.title="detectron2-base" \
       org.opencontainers.image.description="Detectron2-style detection training with PyTorch (CPU)" \
       org.opencontainers.image.version="v1.0" \

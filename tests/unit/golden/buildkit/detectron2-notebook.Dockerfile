@@ -3,7 +3,7 @@ FROM detectron2-base:v1.0
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# JupyterLab for notebook work; the platform passes its base URL in $PUMPKIN_JPY_BASE_URL
+# JupyterLab for notebook work; the platform passes its base URL in PUMPKIN_JPY_BASE_URL or NB_PREFIX
 RUN --mount=type=bind,from=wheels-jupyter,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
  && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels torch==2.13.0 jupyterlab==4.6.6 \
  && rm -rf /tmp/uv
@@ -19,8 +19,10 @@ LABEL org.opencontainers.image.title="detectron2-notebook" \
       io.imagekit.cuda="" \
       io.imagekit.cudnn="" \
       io.imagekit.jupyter="true" \
-      io.imagekit.spec.digest="sha256:3e89ef81a291ed0590d29c386880dd2b7cb8d05c76c1ea962b63000343b64070" \
+      io.imagekit.spec.digest="sha256:965ebe836318666750a6fbd390b5f5c7ff7666542c799a0834fd257ac73a63d6" \
       io.imagekit.parent="detectron2-base"
 
 EXPOSE 8888
-CMD ["/bin/bash", "-c", "exec jupyter lab --no-browser --ip=0.0.0.0 --allow-root --port=8888 --notebook-dir=/code --ServerApp.token='' --ServerApp.password='' --ServerApp.base_url=\"${PUMPKIN_JPY_BASE_URL:-/}\""]
+# the platform's URL prefix from PUMPKIN_JPY_BASE_URL, NB_PREFIX; the notebook folder falls back to
+# $HOME where the platform does not mount /code (Kubeflow mounts the home)
+CMD ["/bin/bash", "-c", "d=/code; [ -d \"$d\" ] || d=\"$HOME\"; exec jupyter lab --no-browser --ip=0.0.0.0 --allow-root --port=8888 --notebook-dir=\"$d\" --ServerApp.token='' --ServerApp.password='' --ServerApp.base_url=\"${PUMPKIN_JPY_BASE_URL:-${NB_PREFIX:-/}}\""]

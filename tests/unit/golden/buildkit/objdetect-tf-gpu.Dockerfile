@@ -28,6 +28,10 @@ WORKDIR /opt/objdetect
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/objdetect/
 
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
+RUN --network=none printf '%s\n' '#!/bin/sh' 'cd /opt/objdetect || exit 1' 'exec "python" "train.py" "--logtostderr" "--pipeline_config_path=configs/pipeline.config" "--train_dir=/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train
+
 LABEL org.opencontainers.image.title="objdetect-tf-gpu" \
       org.opencontainers.image.description="TensorFlow object detection from a pipeline config (GPU)" \
       org.opencontainers.image.version="v1.0" \
