@@ -462,6 +462,10 @@ def smoke(
         "--platform", metavar="PROFILE", help="Train (and start the notebook) under a training "
         "platform's contract: its mounts, variables, user, /dev/shm, read-only root, start "
         "arguments (`imagekit platforms` lists them; default: [platform] profile).")] = None,
+    nodes: Annotated[int | None, typer.Option(
+        "--nodes", min=1, max=8, help="Also run the framework check as an N-rank job on N "
+        "containers on a private network (PyTorch gloo, TensorFlow collective ops), with the "
+        "platform's rendezvous variables (default: the profile's nodes, else 1).")] = None,
 ) -> None:
     """Run a short real training inside built images (or any image the engine
     holds) and judge it."""
@@ -498,7 +502,7 @@ def smoke(
             yield from smoke_stage.smoke(smoke_stage.SmokeTarget.of(target, command), project,
                                          runner, gpu=gpu.value, steps=steps, timeout=timeout,
                                          network=network, platform=target_platform,
-                                         profile=profile)
+                                         profile=profile, nodes=nodes)
 
     _show(stages())
 

@@ -215,6 +215,12 @@ class Display:
             if v.fits is not None:
                 lines.append(f"  platform   fits driver {v.target_driver or 'any'}, GPU "
                              f"{' '.join(v.target_archs) or 'any'}")
+        nd = r.nodes
+        if nd and nd.covered:
+            lines.append(f"  nodes      {nd.nodes} ranks agreed on all-reduce "
+                         f"{nd.allreduce[0] if nd.allreduce else '-'} in {nd.seconds}s")
+        elif nd:
+            lines.append(f"  nodes      {nd.note}")
         if r.platform:
             lines.append(f"  contract   {r.platform}: trained (and started) as that platform "
                          "does, nothing broke it")

@@ -219,6 +219,23 @@ class GpuVerdict:
 
 
 @dataclass
+class NodesResult:
+    """What the N-node check found: every rank's all-reduce result (in rank
+    order), whether they agree (and are N(N+1)/2), each rank's exit, seconds
+    and loss first -> last; `covered` False (with a note) for a framework the
+    check does not cover."""
+
+    nodes: int
+    framework: str | None
+    allreduce: list[float | None] = field(default_factory=list)
+    agreed: bool = False
+    ranks: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    covered: bool = True
+    note: str | None = None
+
+
+@dataclass
 class SmokeResult(StageResult):
     """The smoke report (also stored as JSON under the image ID)."""
 
@@ -239,6 +256,7 @@ class SmokeResult(StageResult):
     training: TrainingResult | None = None
     notebook: NotebookResult | None = None
     platform: str | None = None           # the platform contract it ran under (--platform)
+    nodes: NodesResult | None = None      # the N-node check (--nodes, a profile's nodes)
 
 
 @dataclass

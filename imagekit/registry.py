@@ -78,6 +78,7 @@ ANSWER = 10.0                # seconds for the answer to a small request (ping, 
 STALL = 60.0                 # seconds a blob transfer may go without a byte moving
 RETRY_WINDOW = 300.0         # no retry starts this long after a destination's first failure
 PING_TRIES = 2               # a registry that does not answer its ping twice is not retried
+SLOW_RETRIES = 1             # retries in a row of a request that went unanswered
 TIMEOUT = (CONNECT, ANSWER)
 TOKEN_MARGIN = 10.0          # refresh a token this many seconds before it expires
 LOOPBACK = re.compile(r"^(?:localhost|127(?:\.\d{1,3}){3}|\[::1\]|::1|[a-z0-9.-]+\.localhost)"
@@ -592,9 +593,12 @@ class Registry:
         try:
             body = resp.json()
             token = str(body.get("token") or body.get("access_token") or "")
+        except (ValueError, AttributeError, TypeError):
+            body, token = {}, ""
+        try:
             lifetime = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError, OverflowError):
-            token, lifetime = "", 0.0
+        except (ValueError, TypeError, OverflowError):
+            lifetime = 60.0
         if not token:
             raise AuthError(f"{self.host}: the token service gave no token")
         keep_secret(token)
@@ -831,14 +835,16 @@ class _Dest:
         self.started = time.monotonic()
         self.first_failure: float | None = None
 
-    def may_retry(self, attempt: int, retries: int, cancel: threading.Event) -> bool:
+    def may_retry(self, attempt: int, retries: int, cancel: threading.Event,
+                  slow: bool = False) -> bool:
         """Whether a failed request sequence is tried again: at most RETRIES
-        times in a row, and none after RETRY_WINDOW seconds of failing."""
+        times in a row (once when it went unanswered: each such try costs a
+        whole time limit), and none after RETRY_WINDOW seconds of failing."""
         now = time.monotonic()
         if self.first_failure is None:
             self.first_failure = now
-        return attempt <= retries and not cancel.is_set() and \
-            now - self.first_failure < RETRY_WINDOW
+        return attempt <= (min(retries, SLOW_RETRIES) if slow else retries) and \
+            not cancel.is_set() and now - self.first_failure < RETRY_WINDOW
 
     def count(self, n: int) -> None:
         with self.lock:
@@ -931,7 +937,7 @@ class _Push:
                 return fn()
             except TransientPushError as e:
                 attempt += 1
-                if not d.may_retry(attempt, self.retry.retries, self.cancel):
+                if not d.may_retry(attempt, self.retry.retries, self.cancel, e.slow):
                     raise
                 wait = min(self.retry.backoff * 2 ** (attempt - 1), BACKOFF_MAX)
                 self.emit(Retrying(d.ref, what, attempt, wait, e.message))
@@ -1006,7 +1012,7 @@ class _Push:
                 break
             except TransientPushError as e:
                 attempt += 1
-                if not d.may_retry(attempt, self.retry.retries, self.cancel):
+                if not d.may_retry(attempt, self.retry.retries, self.cancel, e.slow):
                     raise
                 wait = min(self.retry.backoff * 2 ** (attempt - 1), BACKOFF_MAX)
                 self.emit(Retrying(d.ref, f"blob {blob.digest[:19]}", attempt, wait, e.message))

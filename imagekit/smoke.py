@@ -13,7 +13,9 @@ With a platform profile (`--platform P`, platforms.py) the training and the
 notebook run under that platform's contract: its mounts, variables, user,
 /dev/shm, root file system and start arguments; `{data_dir}` and
 `{output_dir}` in the train command become the platform's folders, and the
-verdict names what breaks the contract, one line each.
+verdict names what breaks the contract, one line each. With several nodes
+(`--nodes N`, a profile's `nodes`) the framework check also runs as an
+N-rank job on N containers on a private network (smoke_nodes.py).
 Every container and volume is removed on every way out; the report is stored
 with the image's build record, keyed by image ID."""
 
@@ -192,11 +194,8 @@ def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: 
                 tail = (tail + [line])[-20:]
                 yield Log(name, line)
             code = engine.wait(cid, timeout=max(5.0, deadline - time.monotonic()))
-            if code >= 128 and not engine.answers(settle=10.0):
-                where = getattr(engine, "where", "DOCKER_HOST")
-                raise EngineUnavailable(f"lost the Docker engine at {where} during {what} of "
-                                        f"{name} (it stopped the container); start it again: "
-                                        "the next imagekit command removes what is left")
+            if code >= 128:
+                check_engine(engine, f"{what} of {name}", "it stopped the container")
         except KeyboardInterrupt:
             raise Interrupted(f"{name}: smoke interrupted during {what}; "
                               "the container was removed") from None
@@ -205,6 +204,16 @@ def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: 
     seconds = time.monotonic() - started
     log.write(f"(exit {code} after {seconds:.1f}s)")
     yield RunOutcome(code, seconds, tail, report)
+
+
+def check_engine(engine: EngineAPI, during: str, what_happened: str) -> None:
+    """After a container ended by a signal: EngineUnavailable when the engine
+    itself is gone (its next connect removes what is left)."""
+    if not engine.answers(settle=10.0):
+        where = getattr(engine, "where", "DOCKER_HOST")
+        raise EngineUnavailable(f"lost the Docker engine at {where} during {during} "
+                                f"({what_happened}); start it again: the next imagekit "
+                                "command removes what is left")
 
 
 def _outcome(gen) -> Iterator[Event]:
@@ -239,7 +248,8 @@ def gpu_choice(target: SmokeTarget, engine: EngineAPI, mode: str) -> tuple[bool,
 def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str = "auto",
           steps: int | None = None, timeout: int | None = None, network: bool = False,
           platform: gpu_verdict.Platform | None = None,
-          profile: tuple[str, platforms.Profile] | None = None) -> Iterator[Event]:
+          profile: tuple[str, platforms.Profile] | None = None,
+          nodes: int | None = None) -> Iterator[Event]:
     name = target.name
     ref = target.ref
     if engine.image(ref) is None:
@@ -280,6 +290,10 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
                 gpu_verdict.TRAINED_ON_GPU if fc.device == "gpu" else gpu_verdict.CPU_ONLY
             if result.gpu is not None:
                 yield Info(name, _readiness_line(result.gpu))
+        n = nodes or (contract.profile.nodes if contract else 1)
+        if n > 1:
+            from .smoke_nodes import nodes as n_node_check
+            result.nodes = yield from n_node_check(run, contract, n, target.framework)
         if target.train_command:
             result.training = yield from _training(run, steps, contract)
         if target.jupyter is not None and (contract is None or contract.profile.notebook):
@@ -365,9 +379,11 @@ _NOT_FOUND = ("executable file not found", ": not found", "No such file or direc
               "exec: \"", "command not found")
 
 
-def _contract_problems(c: _Contract, out: RunOutcome, what: str) -> list[str]:
+def _contract_problems(c: _Contract, out: RunOutcome, what: str,
+                       mounted: list[str] | None = None) -> list[str]:
     """What in a failed run under contract C breaks it, one line each (the
-    run's own last line when nothing known matches)."""
+    run's own last line when nothing known matches). MOUNTED: the folders
+    the run had as volumes."""
     p, lines = c.profile, []
     text = "\n".join(out.tail)
     if p.args is not None and (out.code in (126, 127) or
@@ -376,7 +392,8 @@ def _contract_problems(c: _Contract, out: RunOutcome, what: str) -> list[str]:
                      f"image has no `{p.args[0]}` command on its PATH (exit {out.code})")
     for m in _READ_ONLY.finditer(text):
         path = m[1] or m[2] or "its root file system"
-        writable = ", ".join([*(v for _, v in p.mounts.items()), *p.writable])
+        mounts = mounted if mounted is not None else [v for _, v in p.mounts.items()]
+        writable = ", ".join([*mounts, *p.writable])
         lines.append(f"writes {path} on the read-only root file system; {c.name} makes only "
                      f"{writable} writable")
         break
@@ -529,6 +546,13 @@ def _training(run: _Runner, steps: int, contract: _Contract | None = None):
         mounts = [("data", s.data_dir), ("output", s.output_dir)]
         out_dir = s.output_dir
         dirs = {"data_dir": s.data_dir, "output_dir": s.output_dir}
+    elif profile.mounts.data is None and profile.mounts.output is None:
+        # the platform mounts what the job asks for (a Kubernetes job's volumes): the spec's own
+        mounts = [("data", s.data_dir), ("output", s.output_dir),
+                  *((k, v) for k, v in profile.mounts.items()
+                    if not _inside(v, s.data_dir) and not _inside(v, s.output_dir))]
+        out_dir = s.output_dir
+        dirs = {"data_dir": s.data_dir, "output_dir": s.output_dir}
     else:
         mounts = list(profile.mounts.items())
         out_dir = profile.mounts.output or s.output_dir
@@ -555,7 +579,8 @@ def _training(run: _Runner, steps: int, contract: _Contract | None = None):
             result.runs.append(TrainingRun(cmd, out.code, round(out.seconds, 2)))
             if out.code != 0:
                 if contract is not None:
-                    problems = _contract_problems(contract, out, what)
+                    problems = _contract_problems(contract, out, what,
+                                                  [p for k, p in mounts if k != "own-output"])
                     raise _contract_error(run, contract, problems, out)
                 raise run.failure(f"{what} exited with code {out.code}: "
                                   f"{out.tail[-1] if out.tail else '(no output)'}", out)

@@ -10,8 +10,12 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 p = argparse.ArgumentParser()
-p.add_argument("--data-dir", default="/data/data")
-p.add_argument("--output-dir", default="/data/output")
+# the folders: from the command line (imagekit fills {data_dir} / {output_dir} with the
+# smoke folders or a platform's), else from the platform's own variables
+p.add_argument("--data-dir", default=os.environ.get("SM_CHANNEL_TRAINING")
+               or os.environ.get("AIP_TRAINING_DATA_URI") or "/data/data")
+p.add_argument("--output-dir", default=os.environ.get("SM_MODEL_DIR")
+               or os.environ.get("AIP_MODEL_DIR") or "/data/output")
 p.add_argument("--steps", type=int, default=1000)
 p.add_argument("--lr", type=float, default=0.05)
 args = p.parse_args()

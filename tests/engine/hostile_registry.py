@@ -21,7 +21,8 @@ INJECTED = "\x1b]0;owned\x07\x1b[2J\x1b[8mhidden\x1b[0m\u202eevil\r\nX-Fake: 1"
 
 
 class HostileRegistry:
-    """MODE: silent (accepts, never answers) | trickle (a header, then a byte
+    """MODE: silent (accepts, never answers) | mute-after-ping (answers /v2/,
+    then nothing) | trickle (a header, then a byte
     every second) | flood (an error body that never ends) | inject (a 10 MB
     error message full of escape sequences, at the upload's start) |
     token-crlf (a bearer token with a CR LF in it) | wrong-password (Basic,
@@ -103,6 +104,12 @@ class HostileRegistry:
 
     def _answer(self, conn, method: str, path: str, headers: dict) -> bool:
         mode = self.mode
+        if mode == "mute-after-ping":
+            if path == "/v2/":
+                self._send(conn, "200 OK", {}, b"{}")
+                return True
+            self.stop.wait()
+            return False
         if mode == "trickle":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
             while not self.stop.wait(1.0):

@@ -83,6 +83,18 @@ def test_a_silent_registry_is_given_up_on_in_seconds(tiny, docker_api):
     print(f"silent registry: exit {r.code} in {r.seconds}s, peak {r.peak_rss_mb:.0f} MB")
 
 
+def test_a_registry_that_goes_mute_after_its_ping_costs_two_time_limits(tiny, docker_api):
+    """An unanswered request is tried once more, not RETRIES times: each try
+    costs a whole time limit."""
+    with HostileRegistry("mute-after-ping") as reg:
+        r = _push(tiny, reg, "--retries", "0")
+    line = _one_line(r, 10)
+    assert "no answer in time" in line or "no complete answer" in line, line
+    bound = (registry.SLOW_RETRIES + 1) * (registry.ANSWER + 2) + 10
+    assert r.seconds < bound, (r.seconds, bound)
+    print(f"registry mute after its ping: exit {r.code} in {r.seconds}s")
+
+
 def test_a_registry_that_trickles_its_answer_is_cut_off(tiny, docker_api):
     before = _refs(docker_api)
     with HostileRegistry("trickle") as reg:

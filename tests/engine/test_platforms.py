@@ -123,3 +123,19 @@ def test_a_bad_profile_in_imagekit_toml_is_one_line_exit_3(tf_image):
             "UID[:GID] (e.g. 1000:100)"), line
     finally:
         toml.write_text(before)
+
+
+def test_pytorchjob_two_nodes_agree_and_nothing_is_left(torch_image, docker_api):
+    """`imagekit smoke detectron2-base --platform pytorchjob --nodes 2`."""
+    nets_before = {n["Id"] for n in docker_api.networks()}
+    r = _smoke(torch_image, "--platform", "pytorchjob", "--nodes", "2")
+    assert r.code == 0, r.output[-3000:]
+    rep = _report(r)
+    nodes = rep["nodes"]
+    assert nodes["nodes"] == 2 and nodes["agreed"] is True and nodes["covered"] is True
+    assert nodes["allreduce"] == [3.0, 3.0]
+    assert [x["exit"] for x in nodes["ranks"]] == [0, 0]
+    assert all(x["loss_last"] < x["loss_first"] for x in nodes["ranks"])
+    assert rep["training"]["runs"] and rep["platform"] == "pytorchjob"
+    assert leftovers(docker_api, torch_image.ref) == []
+    assert {n["Id"] for n in docker_api.networks()} == nets_before
