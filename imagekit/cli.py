@@ -476,7 +476,8 @@ def smoke(
     project = state.project
     target_platform = platform(driver, gpu_arch, project.config.platform)
     chosen = platform_name or project.config.platform.profile
-    profile = (chosen, platforms.get(project, chosen)) if chosen else None
+    where = "" if platform_name else str(project.config_path or "imagekit.toml")
+    profile = (chosen, platforms.get(project, chosen, where)) if chosen else None
     engine = Engine.connect()
     runner = Engine.connect(url=engine_url) if engine_url else engine
 

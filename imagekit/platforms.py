@@ -127,12 +127,14 @@ def validate_own(data: object, where: str) -> dict[str, Profile]:
     return _validate(data, where)
 
 
-def get(project, name: str) -> Profile:
+def get(project, name: str, where: str = "") -> Profile:
+    """The profile NAME; WHERE: the config file that named it ("" for --platform)."""
     known = profiles(project)
     if name not in known:
-        raise UsageError(f"--platform {name!r}: no such platform profile (known: "
-                         f"{', '.join(sorted(known))}; add your own under [platforms.{name}] "
-                         "in imagekit.toml)")
+        said = f"{where}: [platform] profile {name!r}" if where else f"--platform {name!r}"
+        err = ConfigError if where else UsageError
+        raise err(f"{said}: no such platform profile (known: {', '.join(sorted(known))}; add "
+                  f"your own under [platforms.{name}] in imagekit.toml)")
     return known[name]
 
 

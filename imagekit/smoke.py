@@ -156,17 +156,8 @@ def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: 
                           volumes=volumes, gpus=gpus, files=files, env=env,
                           network=network, **extra) as cid:
         def pump() -> None:
-            buf = b""
-            try:
-                for chunk in engine.logs(cid):
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        lines.put(line.decode(errors="replace"))
-                if buf:
-                    lines.put(buf.decode(errors="replace"))
-            except Exception as e:  # noqa: BLE001 - the container was removed under us
-                lines.put(f"(log stream ended: {type(e).__name__})")
+            for line in log_lines(engine, cid):
+                lines.put(line)
             lines.put(None)
         threading.Thread(target=pump, daemon=True).start()
         deadline = started + timeout
@@ -204,6 +195,22 @@ def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: 
     seconds = time.monotonic() - started
     log.write(f"(exit {code} after {seconds:.1f}s)")
     yield RunOutcome(code, seconds, tail, report)
+
+
+def log_lines(engine: EngineAPI, cid: str) -> Iterator[str]:
+    """A container's log, line by line, as it comes (a last line saying the
+    stream ended when the container was removed under it)."""
+    buf = b""
+    try:
+        for chunk in engine.logs(cid):
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.decode(errors="replace")
+        if buf:
+            yield buf.decode(errors="replace")
+    except Exception as e:  # noqa: BLE001 - the container was removed under us
+        yield f"(log stream ended: {type(e).__name__})"
 
 
 def check_engine(engine: EngineAPI, during: str, what_happened: str) -> None:

@@ -273,17 +273,9 @@ def _problems(result: NodesResult, reports: dict[int, dict], tails: dict[int, li
 
 def _follow(engine, cid: str, rank: int, items: queue.Queue, deadline: float) -> None:
     """One container's log lines, then its exit code and when it ended, into ITEMS."""
-    buf = b""
-    try:
-        for chunk in engine.logs(cid):
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                items.put(("line", rank, line.decode(errors="replace")))
-        if buf:
-            items.put(("line", rank, buf.decode(errors="replace")))
-    except Exception as e:  # noqa: BLE001 - the container was removed under us
-        items.put(("line", rank, f"(log stream ended: {type(e).__name__})"))
+    from .smoke import log_lines
+    for line in log_lines(engine, cid):
+        items.put(("line", rank, line))
     try:
         code = engine.wait(cid, timeout=max(5.0, deadline - time.monotonic()))
     except TimeoutError:

@@ -115,3 +115,12 @@ def test_the_train_launcher_runs_the_command_with_sagemakers_folders(tmp_path):
                          text=True, env=env, cwd=tmp_path).stdout
     assert "[/opt/ml/input/data/training]" in out.split() and \
         "[--out=/opt/ml/model/run]" in out.split()
+
+
+def test_an_unknown_profile_is_named_where_it_was_asked_for(tmp_path):
+    r = imagekit("-C", str(tmp_path), "smoke", "x", "--platform", "nope")
+    assert r.code == 2 and "--platform 'nope': no such platform profile" in r.stderr
+    (tmp_path / "imagekit.toml").write_text('[platform]\nprofile = "nope"\n')
+    r = imagekit("-C", str(tmp_path), "smoke", "x")
+    assert r.code == 3 and "[platform] profile 'nope': no such platform profile" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
