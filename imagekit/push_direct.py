@@ -113,8 +113,9 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
                 if isinstance(err, DirectPushUnsupported):
                     fallback.append(d)
                     why = err.message
-                elif isinstance(err, registry.TransientPushError) and attempt <= retries and in_window:
-                    pending.append(d)
+                elif isinstance(err, registry.TransientPushError) and in_window and \
+                        attempt <= (min(retries, registry.SLOW_RETRIES) if err.slow else retries):
+                    pending.append(d)      # unanswered: once more at most (each costs a limit)
                 else:
                     if isinstance(err, registry.TransientPushError):
                         err = PushError(f"{d.ref}: push failed after {attempt} attempts: {err.message}")

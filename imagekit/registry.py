@@ -929,6 +929,7 @@ class _Push:
             if d.error is None:
                 msg = d.registry.redact(_redact(" ".join(e.message.split()), self.secrets))
                 d.error = type(e)(msg) if isinstance(e, PushError) else PushError(msg)
+                d.error.slow = getattr(e, "slow", False)  # type: ignore[attr-defined]
 
     def _retrying(self, d: _Dest, what: str, fn: Callable[[], object]) -> object:
         attempt = 0

@@ -194,3 +194,18 @@ def test_no_retry_starts_after_the_retry_window(proj, monkeypatch):
     with pytest.raises(PushError, match="after 2 attempts"):
         _run(proj, _engine(), to=["a.example.com/t"], retries=5)
     assert len(calls) == 2
+
+
+def test_an_unanswered_destination_is_pushed_again_once_at_most(proj, monkeypatch):
+    calls = []
+
+    def mute(source, targets_, auths, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            b"".join(source)
+        yield registry.TargetFailed(targets_[0].ref, registry.TransientPushError.timed_out(
+            "HEAD blob: no answer in time"), 0)
+    monkeypatch.setattr(registry, "push", mute)
+    with pytest.raises(PushError, match="after 2 attempts"):
+        _run(proj, _engine(), to=["a.example.com/t"], retries=3)
+    assert len(calls) == 2
