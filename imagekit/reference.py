@@ -109,6 +109,10 @@ def path_component(part: str) -> str:
     '.', '_', '__' or any number of '-'."""
     if not part:
         raise ValueError("has an empty path component (a leading, trailing or double '/')")
+    if part != part.lower() and _ALNUM.fullmatch(part.lower().replace(".", "a").replace(
+            "_", "a").replace("-", "a")):
+        raise ValueError(f"path component {short(part)} has upper-case letters; registries take "
+                         f"lower case only ({short(part.lower())})")
     seps = _ALNUM.split(part)
     if any(s.strip("._-") for s in seps):
         raise ValueError(f"path component {short(part)}: only lowercase letters, digits, '.', '_', '-'")
