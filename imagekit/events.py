@@ -175,6 +175,7 @@ class TrainingResult:
     runs: list[TrainingRun] = field(default_factory=list)
     resumed_from: int | None = None
     output_files: list[str] = field(default_factory=list)
+    nodes: int = 1                        # one job on several nodes (train.distributed)
 
 
 @dataclass

@@ -94,6 +94,7 @@ class SmokeTarget:
     train_command: str | None = None
     jupyter: JupyterSpec | None = None
     key: str = ""                        # what its records are keyed on (ImageInfo.key)
+    distributed: bool = False            # train.distributed: its training is one N-node job
 
     @classmethod
     def of(cls, target: ImageTarget, command: str | None = None) -> SmokeTarget:
@@ -102,7 +103,8 @@ class SmokeTarget:
             train = command or (m.train.command if m.train else None)
             return cls(target.name, target.ref, target.image_id, target.plan.framework,
                        target.plan.version, target.plan.device, m.smoke, train,
-                       m.jupyter if m.jupyter.enabled else None, target.key)
+                       m.jupyter if m.jupyter.enabled else None, target.key,
+                       bool(m.train and m.train.distributed and not command))
         settings = SmokeSpec(steps_args="", resume=False) if command else SmokeSpec()
         return cls(target.name, target.ref, target.image_id, target.fact("framework"),
                    target.fact("version"), target.fact("device"), settings, command,
@@ -301,7 +303,10 @@ def smoke(target: SmokeTarget, project: Project, engine: EngineAPI, *, gpu: str 
         if n > 1:
             from .smoke_nodes import nodes as n_node_check
             result.nodes = yield from n_node_check(run, contract, n, target.framework)
-        if target.train_command:
+        if target.train_command and n > 1 and target.distributed:
+            from .smoke_nodes import training as n_node_training
+            result.training = yield from n_node_training(run, contract, n, steps)
+        elif target.train_command:
             result.training = yield from _training(run, steps, contract)
         if target.jupyter is not None and (contract is None or contract.profile.notebook):
             result.notebook = yield from _notebook(run, contract)
@@ -543,12 +548,12 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _training(run: _Runner, steps: int, contract: _Contract | None = None):
-    t = run.target
-    name, ref, s = t.name, t.ref, t.settings
-    uid = uuid.uuid4().hex[:8]
-    result = TrainingResult(steps)
-    profile = contract.profile if contract else None
+def plan_mounts(s: SmokeSpec, profile: platforms.Profile | None) \
+        -> tuple[list[tuple[str, str]], str, dict[str, str]]:
+    """The volumes a training run gets [(kind, path)], where its output must
+    land, and the folders `{data_dir}` / `{output_dir}` stand for: the spec's
+    smoke folders, or the platform's mounts (with the spec's own output folder
+    as `own-output` where it is not one of them, to see what lands outside)."""
     if profile is None:
         mounts = [("data", s.data_dir), ("output", s.output_dir)]
         out_dir = s.output_dir
@@ -568,6 +573,16 @@ def _training(run: _Runner, steps: int, contract: _Contract | None = None):
             mounts.append(("own-output", s.output_dir))    # to see what lands outside the contract
         if profile.mounts.output is None:
             mounts.append(("output", out_dir))
+    return mounts, out_dir, dirs
+
+
+def _training(run: _Runner, steps: int, contract: _Contract | None = None):
+    t = run.target
+    name, ref, s = t.name, t.ref, t.settings
+    uid = uuid.uuid4().hex[:8]
+    result = TrainingResult(steps)
+    profile = contract.profile if contract else None
+    mounts, out_dir, dirs = plan_mounts(s, profile)
     extra = {"env": contract.env, "files": contract.files, "run_as": contract.run_as} \
         if contract else {}
     with contextlib.ExitStack() as stack:

@@ -1,5 +1,6 @@
 """Smoke stage, several nodes: the image run as one job of N containers, as a
-multi-node training platform runs it (`--nodes N`, or a profile's `nodes`).
+multi-node training platform runs it (`--nodes N`, or a profile's `nodes`);
+with `train.distributed` in the spec, its own training too (training()).
 
 The N containers share a fresh internal network (no route out) and reach
 each other by host name (node-0 .. node-N-1, rank 0 first); each gets the
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 from . import platforms
 from .engine import RunAs
 from .errors import Interrupted, SmokeError
-from .events import Event, Info, Log, NodesResult, Warn
+from .events import Event, Info, Log, NodesResult, TrainingResult, TrainingRun, Warn
 
 if TYPE_CHECKING:
     from .smoke import _Contract, _Runner
@@ -100,9 +101,8 @@ def nodes(run: _Runner, contract: _Contract | None, n: int, framework: str | Non
     under CONTRACT (None: root, 64 MB /dev/shm); yield Info/Warn/Log events and
     return a NodesResult (use with `yield from`). Raises SmokeError, one line
     per problem, when a rank fails or the ranks disagree."""
-    from .smoke import REPORT_MARK, _tar, check_engine  # smoke imports this module
     t = run.target
-    name, ref, engine = t.name, t.ref, run.engine
+    name = t.name
     framework = framework or t.framework
     if framework not in COVERED:
         what = NAMES.get(framework or "", framework or "an image with no known framework")
@@ -141,61 +141,9 @@ def nodes(run: _Runner, contract: _Contract | None, n: int, framework: str | Non
                      f"private network ({', '.join(hosts)}), all-reduce then {steps} training "
                      "steps")
     run.log.write(f"$ python {SCRIPT} {shlex.join(args)}  # on {', '.join(hosts)}, network {net}")
-    started = time.monotonic()
-    deadline = started + run.timeout
-    items: queue.Queue = queue.Queue()
-    reports: dict[int, dict] = {}
-    tails: dict[int, list[str]] = {rank: [] for rank in range(n)}
-    begun: dict[int, float] = {}
-    ended: dict[int, tuple[int | None, float]] = {}
-    stopped: list[int] = []
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(engine.network(net, ref))
-            for rank, host, cmd, env, files in plan:
-                run_as = dataclasses.replace(base, hostname=host, network=net, aliases=(host,))
-                cid = stack.enter_context(engine.container(
-                    ref, cmd, name=f"imagekit-smoke-{uid}-{host}", env=env,
-                    files=_tar(files) if files else None, network=True, owner=ref,
-                    run_as=run_as))
-                begun[rank] = time.monotonic()
-                threading.Thread(target=_follow, args=(engine, cid, rank, items, deadline),
-                                 daemon=True, name=f"imagekit-{host}").start()
-            grace_until = None
-            while len(ended) < n:
-                now = time.monotonic()
-                if grace_until is not None and now > grace_until:
-                    stopped = [r for r in range(n) if r not in ended]
-                    break
-                if now >= deadline:
-                    raise SmokeError(
-                        f"{name}: {n}-node check timed out after {run.timeout}s (smoke.timeout); "
-                        "the containers and their network were removed",
-                        details=[*(f"| {hosts[r]}: {x}" for r in range(n) for x in tails[r][-4:]),
-                                 f"full log: {run.log.path}"])
-                try:
-                    kind, rank, value = items.get(timeout=min(deadline - now, 0.5))
-                except queue.Empty:
-                    continue
-                if kind == "line":
-                    run.log.write(f"[{hosts[rank]}] {value}")
-                    if value.startswith(REPORT_MARK):
-                        with contextlib.suppress(json.JSONDecodeError):
-                            reports[rank] = json.loads(value[len(REPORT_MARK):])
-                        continue
-                    tails[rank] = (tails[rank] + [value])[-20:]
-                    yield Log(name, f"[{hosts[rank]}] {value}")
-                else:
-                    ended[rank] = value
-                    run.log.write(f"[{hosts[rank]}] (exit {value[0]} after "
-                                  f"{value[1] - begun[rank]:.1f}s)")
-                    if value[0] != 0 and grace_until is None:
-                        grace_until = time.monotonic() + GRACE_SECONDS
-            if any((code or 0) >= 128 for code, _ in ended.values()):
-                check_engine(engine, f"the {n}-node check of {name}", "it stopped the containers")
-        except KeyboardInterrupt:
-            raise Interrupted(f"{name}: smoke interrupted during the {n}-node check; the "
-                              "containers and their network were removed") from None
+    job = yield from run_job(run, base, plan, uid, f"the {n}-node check")
+    ended, reports, tails, begun, stopped, started = \
+        job.ended, job.reports, job.tails, job.begun, job.stopped, job.started
     seconds = round(time.monotonic() - started, 2)
     result = NodesResult(n, framework, seconds=seconds)
     for rank in range(n):
@@ -223,6 +171,91 @@ def nodes(run: _Runner, contract: _Contract | None, n: int, framework: str | Non
     yield Info(name, f"{n}-node check ok{under}: {NAMES[framework]} {version}, all-reduce "
                      f"{result.allreduce[0]:g} on every rank; {losses}")
     return result
+
+
+@dataclasses.dataclass
+class Job:
+    """How the N containers of one job ended: exit code and time per rank,
+    each rank's report (its IMAGEKIT_REPORT line), its last lines, when it
+    started, and the ranks stopped after another one failed."""
+
+    ended: dict[int, tuple[int | None, float]]
+    reports: dict[int, dict]
+    tails: dict[int, list[str]]
+    begun: dict[int, float]
+    stopped: list[int]
+    started: float
+
+
+def run_job(run: _Runner, base: RunAs, plan: list, uid: str, what: str,
+            volumes: dict[int, dict[str, str]] | None = None) -> Iterator[Event]:
+    """Start the containers of PLAN [(rank, host, command, env, files)] on a
+    fresh internal network, each reaching the others by host name; stream
+    their logs; wait for all (once one fails, the others get GRACE_SECONDS).
+    Returns a Job. Every container and the network are removed on every way
+    out; SmokeError on timeout, Interrupted on Ctrl-C."""
+    from .smoke import REPORT_MARK, _tar, check_engine  # smoke imports this module
+    t = run.target
+    name, ref, engine = t.name, t.ref, run.engine
+    n = len(plan)
+    hosts = [host for _, host, *_ in plan]
+    net = f"imagekit-smoke-{uid}-net"
+    started = time.monotonic()
+    deadline = started + run.timeout
+    items: queue.Queue = queue.Queue()
+    reports: dict[int, dict] = {}
+    tails: dict[int, list[str]] = {rank: [] for rank in range(n)}
+    begun: dict[int, float] = {}
+    ended: dict[int, tuple[int | None, float]] = {}
+    stopped: list[int] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(engine.network(net, ref))
+            for rank, host, cmd, env, files in plan:
+                run_as = dataclasses.replace(base, hostname=host, network=net, aliases=(host,))
+                cid = stack.enter_context(engine.container(
+                    ref, cmd, name=f"imagekit-smoke-{uid}-{host}", env=env,
+                    volumes=(volumes or {}).get(rank), files=_tar(files) if files else None,
+                    network=True, owner=ref, run_as=run_as))
+                begun[rank] = time.monotonic()
+                threading.Thread(target=_follow, args=(engine, cid, rank, items, deadline),
+                                 daemon=True, name=f"imagekit-{host}").start()
+            grace_until = None
+            while len(ended) < n:
+                now = time.monotonic()
+                if grace_until is not None and now > grace_until:
+                    stopped = [r for r in range(n) if r not in ended]
+                    break
+                if now >= deadline:
+                    raise SmokeError(
+                        f"{name}: {what} timed out after {run.timeout}s (smoke.timeout); "
+                        "the containers and their network were removed",
+                        details=[*(f"| {hosts[r]}: {x}" for r in range(n) for x in tails[r][-4:]),
+                                 f"full log: {run.log.path}"])
+                try:
+                    kind, rank, value = items.get(timeout=min(deadline - now, 0.5))
+                except queue.Empty:
+                    continue
+                if kind == "line":
+                    run.log.write(f"[{hosts[rank]}] {value}")
+                    if value.startswith(REPORT_MARK):
+                        with contextlib.suppress(json.JSONDecodeError):
+                            reports[rank] = json.loads(value[len(REPORT_MARK):])
+                        continue
+                    tails[rank] = (tails[rank] + [value])[-20:]
+                    yield Log(name, f"[{hosts[rank]}] {value}")
+                else:
+                    ended[rank] = value
+                    run.log.write(f"[{hosts[rank]}] (exit {value[0]} after "
+                                  f"{value[1] - begun[rank]:.1f}s)")
+                    if value[0] != 0 and grace_until is None:
+                        grace_until = time.monotonic() + GRACE_SECONDS
+            if any((code or 0) >= 128 for code, _ in ended.values()):
+                check_engine(engine, f"{what} of {name}", "it stopped the containers")
+        except KeyboardInterrupt:
+            raise Interrupted(f"{name}: smoke interrupted during {what}; the containers and "
+                              "their network were removed") from None
+    return Job(ended, reports, tails, begun, stopped, started)
 
 
 def _problems(result: NodesResult, reports: dict[int, dict], tails: dict[int, list[str]],
@@ -283,3 +316,77 @@ def _follow(engine, cid: str, rank: int, items: queue.Queue, deadline: float) ->
     except Exception:  # noqa: BLE001 - removed, or the engine went away: no exit code
         code = None
     items.put(("exit", rank, (code, time.monotonic())))
+
+
+def training(run: _Runner, contract: _Contract | None, n: int, steps: int) -> Iterator[Event]:
+    """The image's own training (train.distributed) as one job of N nodes,
+    each with its own volumes (as pods of one job get theirs) and its
+    rendezvous variables; every rank must exit 0 and rank 0's output folder
+    must hold smoke.expect. Returns a TrainingResult (one run per rank)."""
+    from .smoke import (
+        _missing,
+        _open_mounts,
+        _output_files,
+        _train_command,
+        plan_mounts,
+    )
+    t = run.target
+    name, ref, engine, s = t.name, t.ref, run.engine, t.settings
+    framework = t.framework if t.framework in COVERED else "pytorch"
+    profile = contract.profile if contract else None
+    mounts, out_dir, dirs = plan_mounts(s, profile)
+    hosts = hosts_for(n)
+    uid = uuid.uuid4().hex[:8]
+    base = contract.run_as if contract is not None else DEFAULT_RUN_AS
+    cmd = _train_command(t, steps, "", dirs, profile.args if profile else None)
+    under = f" under {contract.name}" if contract is not None else ""
+    yield Info(name, f"training on {n} nodes{under} ({', '.join(hosts)}, each with its own "
+                     f"{' and '.join(p for _, p in mounts)}): {shlex.join(cmd)}")
+    result = TrainingResult(steps, nodes=n)
+    with contextlib.ExitStack() as stack:
+        vols = {(rank, kind): stack.enter_context(
+                    engine.volume(f"imagekit-smoke-{uid}-{rank}-{kind}", ref))
+                for rank in range(n) for kind, _ in mounts}
+        per_rank = {rank: {vols[(rank, kind)]: path for kind, path in mounts}
+                    for rank in range(n)}
+        for rank in range(n):
+            yield from _open_mounts(run, contract, per_rank[rank])
+        plan = []
+        for rank, host in enumerate(hosts):
+            env, _ = node_env(contract, framework, hosts, rank)
+            env.update(run.stub_env)
+            files = dict(run.stub)
+            if contract is not None:
+                vals = platforms.values(contract.profile, host, hosts, rank, 0)
+                files.update({path.lstrip("/"): platforms.fill(text, vals).encode()
+                              for path, text in contract.profile.files.items()})
+            plan.append((rank, host, cmd, env, files if not base.read_only else {}))
+        run.log.write(f"$ {shlex.join(cmd)}  # on {', '.join(hosts)}")
+        job = yield from run_job(run, base, plan, uid, f"training on {n} nodes", per_rank)
+        for rank in range(n):
+            code, at = job.ended.get(rank, (None, time.monotonic()))
+            result.runs.append(TrainingRun(cmd, code if code is not None else -1,
+                                           round(at - job.begun.get(rank, job.started), 2)))
+        problems = []
+        for rank in range(n):
+            code = job.ended.get(rank, (None, 0))[0]
+            if rank in job.stopped:
+                continue
+            if code != 0:
+                last = job.tails[rank][-1] if job.tails[rank] else "(no output)"
+                problems.append(f"rank {rank} ({hosts[rank]}) exited with code {code}: {last}")
+        if not problems:
+            found = _output_files(engine, ref, vols[(0, "output")], out_dir)
+            result.output_files = found[:50]
+            missing = _missing(s.expect, found)
+            if missing:
+                problems.append(f"expected output {', '.join(missing)} did not appear in rank 0's "
+                                f"{out_dir} (found: {', '.join(found[:8]) or 'nothing'})")
+        if problems:
+            lines = [f"{name}: training on {n} nodes{under}: {p}" for p in problems]
+            details = [*(f"| {hosts[r]}: {x}" for r in range(n) for x in job.tails[r][-4:]),
+                       f"full log: {run.log.path}"]
+            raise SmokeError(lines[0], problems=lines if len(lines) > 1 else [], details=details)
+    yield Info(name, f"training ok on {n} nodes{under}: every rank exited 0, "
+                     f"{len(result.output_files)} files in rank 0's {out_dir}")
+    return result

@@ -290,6 +290,9 @@ class JupyterSpec(Strict):
 
 class TrainSpec(Strict):
     command: Annotated[str, AfterValidator(_command)] = Field(min_length=1)
+    # one job on several nodes: the command reads the platform's rendezvous variables
+    # (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK; TF_CONFIG) and smoke --nodes N runs it so
+    distributed: bool = False
 
 
 def _inside(path: str, folder: str) -> bool:

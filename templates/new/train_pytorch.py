@@ -1,7 +1,10 @@
 """Starter training script: replace the model and data with your own.
 
 Keeps the contract `imagekit smoke` checks: --steps is the total step count to
-reach, checkpoints go to --output-dir, and a second run resumes from them."""
+reach, checkpoints go to --output-dir, and a second run resumes from them.
+On several nodes (a platform that sets WORLD_SIZE, RANK, MASTER_ADDR and
+MASTER_PORT, as a PyTorchJob does) it trains as one job: gradients averaged
+over gloo, rank 0 writing the checkpoint."""
 
 import argparse
 import os
@@ -19,21 +22,35 @@ p.add_argument("--steps", type=int, default=1000)
 p.add_argument("--lr", type=float, default=0.05)
 args = p.parse_args()
 
-device = "cuda" if torch.cuda.is_available() else "cpu"
+world = int(os.environ.get("WORLD_SIZE", "1"))
+rank = int(os.environ.get("RANK", "0"))
+if world > 1:     # MASTER_ADDR and MASTER_PORT come from the environment too
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    print(f"rank {rank} of {world}")
+device = "cuda" if torch.cuda.is_available() and world == 1 else "cpu"
 print(f"device: {device}")
 torch.manual_seed(0)
 x = torch.randn(512, 8, device=device)
 y = x @ torch.arange(1.0, 9.0, device=device).unsqueeze(1) + 0.5
 model = torch.nn.Linear(8, 1).to(device)
+if world > 1:
+    model = torch.nn.parallel.DistributedDataParallel(model)   # rank 0's weights to every rank
 opt = torch.optim.SGD(model.parameters(), lr=args.lr)
 ckpt = os.path.join(args.output_dir, "checkpoint.pt")
 step = 0
+net = model.module if world > 1 else model
 if os.path.exists(ckpt):
     state = torch.load(ckpt, map_location=device)
-    model.load_state_dict(state["model"])
+    net.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     step = state["step"]
     print(f"resumed from step {step}")
+if world > 1:     # every rank starts where rank 0 does, with its weights
+    start = torch.tensor([step])
+    torch.distributed.broadcast(start, 0)
+    step = int(start.item())
+    for p_ in net.parameters():
+        torch.distributed.broadcast(p_.data, 0)
 while step < args.steps:
     loss = torch.nn.functional.mse_loss(model(x), y)
     opt.zero_grad()
@@ -42,6 +59,9 @@ while step < args.steps:
     step += 1
     if step % 10 == 0 or step == args.steps:
         print(f"step {step} loss {loss.item():.4f}")
-os.makedirs(args.output_dir, exist_ok=True)
-torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-print(f"saved checkpoint at step {step}")
+if rank == 0:
+    os.makedirs(args.output_dir, exist_ok=True)
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    print(f"saved checkpoint at step {step}")
+if world > 1:
+    torch.distributed.destroy_process_group()

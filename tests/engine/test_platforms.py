@@ -139,3 +139,29 @@ def test_pytorchjob_two_nodes_agree_and_nothing_is_left(torch_image, docker_api)
     assert rep["training"]["runs"] and rep["platform"] == "pytorchjob"
     assert leftovers(docker_api, torch_image.ref) == []
     assert {n["Id"] for n in docker_api.networks()} == nets_before
+
+
+def test_a_distributed_training_runs_as_one_job_on_two_nodes(torch_image, child_of, docker_api):
+    """train.distributed: the image's own training (imagekit new's PyTorch
+    starter: gloo + DDP) on both nodes of a pytorchjob, rank 0's checkpoint."""
+    from helpers import REPO
+    code = (REPO / "templates" / "new" / "train_pytorch.py").read_text()
+    ddp = child_of(torch_image, "ddp", {
+        "code": {"src": "code", "dest": "/opt/ddp"}, "workdir": "/opt/ddp",
+        "train": {"command": "python train.py --data-dir {data_dir} --output-dir {output_dir}",
+                  "distributed": True},
+        "smoke": {"steps": 20, "steps_args": "--steps {steps}", "expect": ["checkpoint.pt"]}},
+        files={"code/train.py": code})
+    nets_before = {n["Id"] for n in docker_api.networks()}
+    r = _smoke(ddp, "--platform", "pytorchjob")
+    assert r.code == 0, r.output[-3000:]
+    rep = _report(r)
+    tr = rep["training"]
+    assert tr["nodes"] == 2 and [x["exit"] for x in tr["runs"]] == [0, 0]
+    assert "checkpoint.pt" in tr["output_files"]
+    assert rep["nodes"]["agreed"] is True
+    log = (ddp.project.root / rep["log"]).read_text() if not rep["log"].startswith("/") else \
+        open(rep["log"]).read()
+    assert "[node-0] rank 0 of 2" in log and "[node-1] rank 1 of 2" in log
+    assert leftovers(docker_api, ddp.ref) == []
+    assert {n["Id"] for n in docker_api.networks()} == nets_before

@@ -35,9 +35,10 @@ def report(rank: int, world: int = 2, **kw) -> str:
 
 
 def rank_of(env: dict) -> int:
+    """A node's rank from its variables (-1: not a node, e.g. a helper container)."""
     if "TF_CONFIG" in env:
         return int(json.loads(env["TF_CONFIG"])["task"]["index"])
-    return int(env["RANK"])
+    return int(env.get("RANK", -1))
 
 
 def per_rank(eng: FakeEngine, scripts: dict[int, ContainerScript]) -> FakeEngine:
@@ -50,7 +51,10 @@ def per_rank(eng: FakeEngine, scripts: dict[int, ContainerScript]) -> FakeEngine
         with original(image, command, **kw) as cid:
             script = scripts.get(rank_of(kw.get("env") or {}))
             if script is not None:
-                eng.containers[-1].script = script
+                c = eng.containers[-1]
+                c.script = script
+                for vol, dst in c.volumes.items():      # what it leaves in its volumes
+                    eng.volume_files.setdefault(vol, []).extend(script.writes.get(dst, []))
             yield cid
 
     eng.container = container
@@ -346,3 +350,48 @@ def test_the_check_script_is_plain_python_with_a_report_line():
     assert tops <= {"argparse", "json", "math", "os", "random", "socket", "sys", "threading",
                     "time", "traceback"}
 
+
+
+def _train_target(framework: str = "pytorch") -> SmokeTarget:
+    return SmokeTarget("x", REF, IID, framework, "2.13.0", "cpu",
+                       SmokeSpec(steps_args="--steps {steps}", expect=["checkpoint.pt"]),
+                       "python train.py --output-dir {output_dir}", distributed=True)
+
+
+def test_distributed_training_runs_once_per_node_with_its_own_volumes(tmp_path):
+    eng = engine(rank0=ContainerScript(logs=["rank 0 of 2"],
+                                       writes={"/data/output": ["checkpoint.pt"]}),
+                 rank1=ContainerScript(logs=["rank 1 of 2"]))
+    run = runner(tmp_path, eng)
+    run.target = _train_target()
+    events, result = drive(smoke_nodes.training(run, contract("pytorchjob"), 2, 20))
+    cs = [c for c in containers(eng) if c["command"][:2] == ["python", "train.py"]]
+    assert len(cs) == 2
+    assert [c["command"] for c in cs] == [["python", "train.py", "--output-dir", "/data/output",
+                                           "--steps", "20"]] * 2
+    assert sorted(rank_of(c["env"]) for c in cs) == [0, 1]
+    assert all(c["env"]["WORLD_SIZE"] == "2" and c["env"]["MASTER_ADDR"] == "node-0" for c in cs)
+    outs = [v for c in cs for v, path in c["volumes"].items() if path == "/data/output"]
+    assert len(set(outs)) == 2                       # each node its own output volume
+    assert result.nodes == 2 and [r.exit for r in result.runs] == [0, 0]
+    assert result.output_files == ["checkpoint.pt"]
+    assert not any(eng.volumes.values()) and not any(eng.networks.values())
+
+
+def test_distributed_training_names_the_rank_that_failed(tmp_path):
+    eng = engine(rank0=ContainerScript(logs=["waiting"], writes={"/data/output": ["checkpoint.pt"]}),
+                 rank1=ContainerScript(logs=["RuntimeError: gloo connect failed"], exit_code=1))
+    run = runner(tmp_path, eng)
+    run.target = _train_target()
+    with pytest.raises(SmokeError) as e:
+        drive(smoke_nodes.training(run, contract("pytorchjob"), 2, 20))
+    assert "training on 2 nodes under pytorchjob: rank 1 (node-1) exited with code 1: " \
+           "RuntimeError: gloo connect failed" in e.value.message
+
+
+def test_distributed_training_needs_rank_0s_checkpoint(tmp_path):
+    eng = engine(rank0=ContainerScript(logs=["done"]), rank1=ContainerScript(logs=["done"]))
+    run = runner(tmp_path, eng)
+    run.target = _train_target()
+    with pytest.raises(SmokeError, match="checkpoint.pt did not appear in rank 0's /data/output"):
+        drive(smoke_nodes.training(run, contract("pytorchjob"), 2, 20))
