@@ -222,8 +222,8 @@ class Display:
         elif nd:
             lines.append(f"  nodes      {nd.note}")
         if r.platform:
-            lines.append(f"  contract   {r.platform}: trained (and started) as that platform "
-                         "does, nothing broke it")
+            lines.append(f"  contract   {r.platform}: ran as that platform runs it; nothing "
+                         "broke its contract")
         tr = r.training
         if tr:
             runs = ", ".join(f"{x.seconds}s" for x in tr.runs)
