@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import io
 import struct
+import tarfile
 import time
 import zlib
 from pathlib import Path
@@ -131,3 +133,20 @@ class Deflater:
 def sidecars(path: Path) -> tuple[Path, Path]:
     """An archive's PATH.sha256 (`sha256sum -c` format) and PATH.json (what it holds)."""
     return path.with_name(path.name + ".sha256"), path.with_name(path.name + ".json")
+
+
+def sbom_sidecar(path: Path) -> Path:
+    """An archive's PATH.sbom.json: the image's bill of materials (CycloneDX
+    JSON, sbom.py). load does not read it."""
+    return path.with_name(path.name + ".sbom.json")
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """A small tar of read-only FILES (path -> bytes), to copy into a container."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o444
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -635,10 +635,13 @@ def save(
     tag: Annotated[str | None, typer.Option(
         "--tag", help="Which tag of a catalog image to save (default: the spec's first tag).")]
     = None,
+    no_sbom: Annotated[bool, typer.Option(
+        "--no-sbom", help="Write no PATH.sbom.json (the bill of materials `imagekit sbom` "
+        "makes, listed in a container of the image first).")] = False,
 ) -> None:
     """Save built images (or any image the engine holds) to one archive each,
     streamed from the engine, written whole or not at all, with a sha256
-    sidecar and a manifest beside it."""
+    sidecar, a manifest and a bill of materials (CycloneDX) beside it."""
     from . import save as save_stage
     chosen = [f for f, on in (("zip", zip_), ("zip-compat", zip_compat), ("tar", tar),
                               ("gz", gz)) if on]
@@ -663,7 +666,8 @@ def save(
                 continue
             target = targets.resolve(project, engine, item, tag, error=SaveError)
             yield from save_stage.save(project, target, engine,
-                                       fmt=chosen[0] if chosen else "zip", output=output)
+                                       fmt=chosen[0] if chosen else "zip", output=output,
+                                       sbom=not no_sbom)
 
     _show(stages())
 
@@ -683,6 +687,40 @@ def load(
     archive of several images needs --image; a failed load is undone."""
     from . import load as load_stage
     _show(load_stage.load(path, lambda: Engine.connect(), image=image))
+
+
+@app.command("sbom")
+def sbom_(
+    name: Annotated[str, typer.Argument(help="Catalog name (built) or any image reference the "
+                                             "engine holds.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the document here (a temporary file, renamed when "
+        "complete; a folder: NAME.sbom.json in it); default: stdout.")] = None,
+    tag: Annotated[str | None, typer.Option(
+        "--tag", help="Which tag of a catalog image (default: the spec's first tag).")] = None,
+) -> None:
+    """A bill of materials of the image, as CycloneDX 1.5 JSON: its Python
+    packages (with licences, and their wheel's sha256 where imagekit's wheelhouse
+    holds it), Debian packages, CUDA libraries, its base image. Listed inside a
+    throwaway container of the image with no network. Without -o the document is
+    the only thing on stdout (progress goes to stderr)."""
+    import contextlib
+
+    from . import sbom as sbom_stage
+    from .errors import SbomError
+    project = state.project
+    if not targets.is_catalog(project, name):
+        targets.check_reference(name, "sbom")
+    engine = Engine.connect()
+    target = targets.resolve(project, engine, name, tag, error=SbomError)
+    if output is not None:
+        _show(sbom_stage.sbom(project, target, engine, output=output))
+        return
+    kept: list[dict] = []
+    with contextlib.redirect_stdout(sys.stderr):   # the document is all that goes to stdout
+        _show(sbom_stage.sbom(project, target, engine, keep=kept))
+    sys.stdout.write(sbom_stage.text(kept[-1]))
+    sys.stdout.flush()
 
 
 @app.command("inspect")

@@ -36,6 +36,7 @@ from .events import (
     Progress,
     PushResult,
     SaveResult,
+    SbomResult,
     Skipped,
     SmokeResult,
     Step,
@@ -258,6 +259,17 @@ class Display:
                    f"({r.mb_per_s} MB/s read)", always=True)
         self._line(f"  sha256 {r.sha256}  ({r.sha256_file}; manifest {r.manifest_file})",
                    always=True)
+        if r.sbom_file:
+            self._line(f"  bill of materials {r.sbom_file}", always=True)
+
+    def _sbom(self, r: SbomResult) -> None:
+        where = f" to {r.path}" if r.path else ""
+        self._line(f"{r.image}: bill of materials of {r.ref} ({r.image_id[:19]}){where} in "
+                   f"{r.seconds}s", "green", always=True)
+        libs = "library" if r.cuda_libraries == 1 else "libraries"
+        self._line(f"  {count(r.python_packages, 'Python package')} ({r.wheel_hashes} with their "
+                   f"wheel's sha256), {count(r.debian_packages, 'Debian package')}, "
+                   f"{r.cuda_libraries} CUDA {libs}; CycloneDX 1.5", always=True)
 
     def _load(self, r: LoadResult) -> None:
         refs = ", ".join(r.refs) or "(no tag)"
@@ -410,6 +422,7 @@ def is_tty() -> bool:
 RESULTS = {
     FetchResult: Display._fetch, BaseResult: Display._base, GraphResult: Display._graph,
     SmokeResult: Display._smoke, PushResult: Display._push, SaveResult: Display._save,
+    SbomResult: Display._sbom,
     LoadResult: Display._load, InspectResult: Display._inspect, CatalogResult: Display._catalog,
     MatrixResult: Display._matrix, DoctorResult: Display._doctor,
     PlatformsResult: Display._platforms,

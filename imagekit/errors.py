@@ -105,6 +105,11 @@ class SaveError(ImagekitError):
     exit_code = 13
 
 
+class SbomError(SaveError):
+    """`imagekit sbom`: the image's contents could not be listed or written
+    (exit 13, as a failed save: both write a record of an image to a file)."""
+
+
 class LoadError(ImagekitError):
     exit_code = 14
 

@@ -299,6 +299,23 @@ class SaveResult(StageResult):
     ref: str = ""
     seconds: float = 0.0
     mb_per_s: float | None = None
+    sbom_file: str = ""          # PATH.sbom.json; "" when the image could not be listed
+
+
+@dataclass
+class SbomResult(StageResult):
+    """The bill of materials of one image (CycloneDX 1.5 JSON). `path` is the
+    file written, "" when the document went to stdout."""
+
+    stage: ClassVar[str] = "sbom"
+    ref: str = ""
+    image_id: str = ""
+    path: str = ""
+    python_packages: int = 0
+    debian_packages: int = 0
+    cuda_libraries: int = 0
+    wheel_hashes: int = 0          # Python packages hashed by their wheelhouse file
+    seconds: float = 0.0
 
 
 @dataclass

@@ -21,8 +21,12 @@ always compresses with stdlib zlib; zipfile reads it back (load, the tests).
 
 The archive is written to a temporary file beside PATH, fsync'd, and renamed to
 PATH only when complete; any failure or Ctrl-C removes the temporary file.
-Beside it: PATH.sha256 (`sha256sum -c` format) and PATH.json (image ID, tags,
-sizes, framework, device, smoke result)."""
+Beside it: PATH.sha256 (`sha256sum -c` format), PATH.json (image ID, tags,
+sizes, framework, device, smoke result) and PATH.sbom.json (the image's bill of
+materials, CycloneDX JSON: sbom.py; listed in a container of the image before
+the export starts, and left out with a warning when the image cannot be listed,
+e.g. it has no python). All are renamed into place together, after the archive
+is complete; a failed or interrupted save leaves none of them."""
 
 from __future__ import annotations
 
@@ -40,12 +44,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__, records
-from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sidecars
+from . import sbom as sbom_stage
+from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sbom_sidecar, sidecars
 from .config import Project
 from .engine import EngineAPI
 from .engine.export import ExportError, Watcher
-from .errors import DiskFullError, ImagekitError, Interrupted, SaveError, UsageError
-from .events import Event, Info, Progress, SaveResult
+from .errors import (
+    DiskFullError,
+    EngineError,
+    ImagekitError,
+    Interrupted,
+    SaveError,
+    SbomError,
+    UsageError,
+)
+from .events import Event, Info, Progress, SaveResult, Warn
 from .targets import ImageTarget
 
 FORMATS = {"zip": "zip", "zip-compat": "zip", "tar": "tar", "gz": "tar.gz"}
@@ -119,6 +132,16 @@ def _pump(chunks: Iterator[bytes], q: queue.Queue, stop: threading.Event) -> Non
             chunks.close()  # type: ignore[attr-defined]
 
 
+def _list(project: Project, target: ImageTarget, engine: EngineAPI, out: dict) -> None:
+    """The bill of materials into OUT["bom"], or what kept it out into OUT["error"]."""
+    try:
+        out["bom"] = sbom_stage.build(project, target, engine)[0]
+    except (SbomError, EngineError) as e:
+        out["error"] = e
+    except Exception as e:  # noqa: BLE001 - a listing that failed costs the sidecar only
+        out["error"] = SbomError(f"{type(e).__name__}: {e}")
+
+
 def _fsync_dir(d: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(d, os.O_RDONLY)
@@ -154,7 +177,7 @@ def _small_file(path: Path, text: str) -> Path:
 
 
 def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str = "zip",
-         output: Path | None = None) -> Iterator[Event]:
+         output: Path | None = None, sbom: bool = True) -> Iterator[Event]:
     """Save the target image (NAME:TAG, or a reference) to one archive. Yields
     Info, Progress and a final SaveResult. Raises SaveError (13), DiskFullError
     (15) or Interrupted (130); PATH is only ever the complete archive."""
@@ -183,7 +206,14 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
     stop = threading.Event()
     read = 0
     sink: _Sink | None = None
+    lister: threading.Thread | None = None
+    listed: dict = {}
     try:
+        bom = None
+        if sbom:      # listed in a container of the image while the export streams
+            lister = threading.Thread(target=_list, args=(project, target, engine, listed),
+                                      daemon=True, name="imagekit-save-sbom")
+            lister.start()
         try:
             fd, tmp_path = _temp_beside(path)
         except OSError as e:
@@ -224,8 +254,15 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
         except ExportError as e:
             raise SaveError(f"{name}: the engine's export of {ref}: {e.message}; the partial file "
                             "was removed") from None
+        if lister is not None:
+            lister.join()
+            bom = listed.get("bom")
+            if "error" in listed:
+                yield Warn(name, f"no bill of materials beside the archive: "
+                                 f"{listed['error'].message}")
         digest = sink.sha.hexdigest()
         sha_path, manifest_path = sidecars(path)
+        bom_path = sbom_sidecar(path)
         manifest = {
             "archive": path.name, "format": fmt, "member": member if fmt == "zip" else None,
             "bytes": sink.bytes, "sha256": digest, "tar_bytes": read,
@@ -234,7 +271,7 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
             "identity": target.image.identity, "layout": saved.kind, "image_size": image_size,
             "framework": facts["framework"], "framework_version": facts["version"],
             "device": facts["device"], "python": facts["python"], "cuda": facts["cuda"],
-            "smoke": smoke_mark,
+            "smoke": smoke_mark, "sbom": bom_path.name if bom is not None else None,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "imagekit": __version__,
         }
@@ -242,12 +279,19 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
         temps.append(sha_tmp)
         man_tmp = _small_file(manifest_path, json.dumps(manifest, indent=2) + "\n")
         temps.append(man_tmp)
-        for old in (sha_path, manifest_path):   # never pair the new archive with old sidecars
+        bom_tmp = None
+        if bom is not None:
+            bom_tmp = _small_file(bom_path, sbom_stage.text(bom))
+            temps.append(bom_tmp)
+        # never pair the new archive with old sidecars
+        for old in (sha_path, manifest_path, bom_path):
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
         os.replace(temps[0], path)
         os.replace(sha_tmp, sha_path)
         os.replace(man_tmp, manifest_path)
+        if bom_tmp is not None:
+            os.replace(bom_tmp, bom_path)
         committed = True
         _fsync_dir(path.parent)
     except KeyboardInterrupt:
@@ -270,6 +314,8 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
                         "not written", details=e.details) from None
     finally:
         stop.set()
+        if lister is not None:       # its container is removed before it ends
+            lister.join(60)
         if not committed:
             for t in temps:
                 with contextlib.suppress(OSError):
@@ -278,6 +324,7 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
     seconds = time.monotonic() - started
     yield SaveResult(name, path=str(path), format=fmt, bytes=manifest["bytes"], tar_bytes=read,
                      sha256=digest, sha256_file=str(sha_path), manifest_file=str(manifest_path),
+                     sbom_file=str(bom_path) if bom is not None else "",
                      image_id=image_id, ref=ref, seconds=round(seconds, 2),
                      mb_per_s=round(read / 1e6 / seconds, 1) if seconds > 0 else None)
 

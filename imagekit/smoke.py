@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import io
 import json
 import queue
 import re
 import shlex
-import tarfile
 import threading
 import time
 import uuid
@@ -38,6 +36,7 @@ from pathlib import Path
 
 from . import gpu as gpu_verdict
 from . import platforms, records, stub
+from .archive import tar_of
 from .config import Project
 from .engine import EngineAPI, RunAs
 from .errors import EngineUnavailable, GpuUnavailable, Interrupted, SmokeError
@@ -130,16 +129,6 @@ class _Log:
     def write(self, line: str) -> None:
         self.f.write(line + "\n")
         self.f.flush()
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o444
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _run(engine: EngineAPI, image: str, command: list[str], *, what: str, name: str, log: _Log,
@@ -443,7 +432,7 @@ class _Runner:
         all_files = {**(files or {}), **self.stub}
         return _run(self.engine, self.target.ref, cmd, what=what, name=self.target.name,
                     log=self.log, timeout=self.timeout, gpus=self.gpus, network=self.network,
-                    files=_tar(all_files) if all_files else None,
+                    files=tar_of(all_files) if all_files else None,
                     env={**(env or {}), **self.stub_env} or None, **kw)
 
     def failure(self, message: str, out: RunOutcome | None = None) -> SmokeError:

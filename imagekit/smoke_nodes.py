@@ -194,7 +194,8 @@ def run_job(run: _Runner, base: RunAs, plan: list, uid: str, what: str,
     their logs; wait for all (once one fails, the others get GRACE_SECONDS).
     Returns a Job. Every container and the network are removed on every way
     out; SmokeError on timeout, Interrupted on Ctrl-C."""
-    from .smoke import REPORT_MARK, _tar, check_engine  # smoke imports this module
+    from .archive import tar_of
+    from .smoke import REPORT_MARK, check_engine  # smoke imports this module
     t = run.target
     name, ref, engine = t.name, t.ref, run.engine
     n = len(plan)
@@ -215,7 +216,7 @@ def run_job(run: _Runner, base: RunAs, plan: list, uid: str, what: str,
                 run_as = dataclasses.replace(base, hostname=host, network=net, aliases=(host,))
                 cid = stack.enter_context(engine.container(
                     ref, cmd, name=f"imagekit-smoke-{uid}-{host}", env=env,
-                    volumes=(volumes or {}).get(rank), files=_tar(files) if files else None,
+                    volumes=(volumes or {}).get(rank), files=tar_of(files) if files else None,
                     network=True, owner=ref, run_as=run_as))
                 begun[rank] = time.monotonic()
                 threading.Thread(target=_follow, args=(engine, cid, rank, items, deadline),

@@ -44,12 +44,14 @@ def test_a_spec_writing_to_output_dir_passes_sagemaker_and_its_seed_platform(
     """The same code with {data_dir} / {output_dir} in train.command: `docker
     run IMAGE train` (the image's launcher) takes SageMaker's folders, and
     the seed platform's run its own."""
-    from conftest import build_in, remove_image
+    import types
     name = unique("ocr-sm")
     session_project.copy("ocr-cpu", name, tags=["test"], train={
         "command": "python tools/train_shadownet.py --data-dir {data_dir} "
                    "--output-dir {output_dir}"})
-    built = build_in(session_project, name, docker_api)
+    r = session_project.run("build", name, timeout=1800)
+    assert r.code == 0, r.output[-3000:]
+    built = types.SimpleNamespace(project=session_project, name=name, ref=f"{name}:test")
     try:
         for platform, where in (("sagemaker", "/opt/ml/model"), ("cloud-training", "/data/output")):
             r = _smoke(built, "--platform", platform)
@@ -65,7 +67,7 @@ def test_a_spec_writing_to_output_dir_passes_sagemaker_and_its_seed_platform(
                        for f in rep["training"]["output_files"]), rep["training"]
         assert leftovers(docker_api, built.ref) == []
     finally:
-        remove_image(docker_api, built.ref)
+        docker_api.remove_image(built.ref, force=True)
 
 
 def test_held_out_images_fail_the_contract_that_forbids_them(tf_image, docker_api, tmp_path):

@@ -42,4 +42,4 @@ LABEL org.opencontainers.image.title="ocr-cpu" \
       io.imagekit.cuda="" \
       io.imagekit.cudnn="" \
       io.imagekit.jupyter="false" \
-      io.imagekit.spec.digest="sha256:510424c524608dab6f76fbb57947e157eca526977c627df7d14693eae86840c0"
+      io.imagekit.spec.digest="sha256:1120b584566cf163df6eac902390ae9fc29afebea24b979e31d4f9415af08c67"

@@ -44,4 +44,4 @@ LABEL org.opencontainers.image.title="detectron2-base" \
       io.imagekit.cuda="" \
       io.imagekit.cudnn="" \
       io.imagekit.jupyter="false" \
-      io.imagekit.spec.digest="sha256:92caeefbf541c6df0345c8d64d20abbe11970545a2ce2c4b577df333934e4922"
+      io.imagekit.spec.digest="sha256:97dc932f6c781a9023872b31fd45f57ee74d13792df66066f7266b838b000628"

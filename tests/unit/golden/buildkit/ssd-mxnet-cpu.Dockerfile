@@ -46,4 +46,4 @@ LABEL org.opencontainers.image.title="ssd-mxnet-cpu" \
       io.imagekit.cuda="" \
       io.imagekit.cudnn="" \
       io.imagekit.jupyter="false" \
-      io.imagekit.spec.digest="sha256:db3bd25a5be034dbde30745974c60d0c6f3ac1e063b8a596bd55ff8c0f383e64"
+      io.imagekit.spec.digest="sha256:a4a89a8fcbbfde81a478a7074288afb10521a8881e5812aeff99fb11d37c5301"
