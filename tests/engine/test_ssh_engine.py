@@ -26,7 +26,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from helpers import imagekit, leftovers, one_error
+from helpers import Run, imagekit, leftovers, measured, one_error
 from second_engine import free_port
 
 SSHD = Path("/usr/sbin/sshd")
@@ -184,7 +184,7 @@ class SshSmoke:
 
 
 @pytest.fixture(scope="module")
-def ssh_tf(tf_image, second_engine, sshd, docker_api) -> SshSmoke:
+def ssh_tf(tf_image, second_engine, sshd, docker_api, tmp_path_factory) -> SshSmoke:
     """`imagekit smoke --engine ssh://…` of tf_image, the second engine holding
     no copy of it first (a copy `smoke --engine tcp://…` shipped there is
     removed, and put back by this very run; one that was not there is removed
@@ -207,12 +207,16 @@ def ssh_tf(tf_image, second_engine, sshd, docker_api) -> SshSmoke:
     remove_there()
     started = time.monotonic()
     accepted = sshd.accepted()
-    run = tf_image.project.run("--json", "smoke", tf_image.name, "--engine", sshd.url,
-                               env=sshd.client(), timeout=900)
+    code, out, err, _, peak_kb = measured(
+        ["-m", "imagekit", "-C", str(tf_image.project.root), "--json", "smoke", tf_image.name,
+         "--engine", sshd.url], tmp_path_factory.mktemp("ssh-smoke"), env=sshd.client(),
+        timeout=900)
+    run = Run(code, out, err)
     outcome = SshSmoke(run, round(time.monotonic() - started, 1), held_before,
                        sshd.accepted() - accepted, leftovers(docker_api, tf_image.ref),
                        api2.containers(all=True), api2.volumes().get("Volumes") or [],
                        image_id_there())
+    outcome.peak_mb = peak_kb / 1024
     yield outcome
     if not held_before:
         remove_there()
@@ -241,8 +245,9 @@ def test_smoke_through_ssh_ships_the_image_and_trains_there(ssh_tf, sshd, tf_ima
     assert ssh_tf.containers_there == []
     assert ssh_tf.volumes_there == []
     _no_ssh_left(sshd)
+    assert ssh_tf.peak_mb < 300, ssh_tf.peak_mb       # a 2.3 GB image streamed, not held
     print(f"ssh smoke (ship + train) took {ssh_tf.seconds}s over {ssh_tf.accepted} ssh "
-          "connections")
+          f"connections, peak {ssh_tf.peak_mb:.0f} MB")
 
 
 def test_a_key_the_server_does_not_take(sshd, docker_api):

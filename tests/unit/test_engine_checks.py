@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Run, one_error
+from helpers import LAUNCHER, REPO, Run, one_error
 
 from imagekit.engine import ssh
 from imagekit.engine.dockerpy import CONNECT_TIMEOUT, Engine
@@ -177,12 +177,16 @@ class Timed:
     """`imagekit ARGS` started now in a subprocess; `.result()` waits for it."""
 
     def __init__(self, *args: str, env: dict | None = None):
-        full = {**os.environ, **(env or {})}
+        import tempfile
+        fd, self.usage = tempfile.mkstemp(prefix="imagekit-rusage-")
+        os.close(fd)
+        full = {**os.environ, **(env or {}), "RUSAGE_OUT": self.usage}
         full.pop("IMAGEKIT_DEBUG", None)
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "imagekit", *args], cwd=REPO,
-                                     env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        # through the launcher: the command's own peak memory comes back (wait4)
+        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "-m", "imagekit", *args],
+                                     cwd=REPO, env=full, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         self.out: tuple[str, str] = ("", "")
         self.seconds = 0.0
         self._waiter = threading.Thread(target=self._wait, daemon=True)
@@ -192,9 +196,19 @@ class Timed:
         self.out = self.proc.communicate(timeout=120)
         self.seconds = time.monotonic() - self.started
 
-    def result(self) -> tuple[Run, float]:
+    def result(self) -> tuple[Run, float, float]:
+        """(the run, its seconds, its peak resident memory in MB)."""
         self._waiter.join(130)
-        return Run(self.proc.returncode, *self.out), self.seconds
+        try:
+            with open(self.usage) as f:
+                got = json.load(f)              # the launcher's report of the command
+            code, peak_mb = got["code"], got["maxrss_kb"] / 1024
+        except (OSError, ValueError, KeyError):
+            code, peak_mb = self.proc.returncode, float("inf")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.usage)
+        return Run(code, *self.out), self.seconds, peak_mb
 
 
 def smoke_on(url: str, local: Peer, **env: str) -> Timed:
@@ -203,10 +217,14 @@ def smoke_on(url: str, local: Peer, **env: str) -> Timed:
                  env={"DOCKER_HOST": local.url, **env})
 
 
-def failed(run: Run, seconds: float, bound: float = BOUND_S) -> str:
-    """Exit 5, one JSON error line, in time: its message."""
+MAX_RSS_MB = 200
+
+
+def failed(run: Run, seconds: float, peak_mb: float, bound: float = BOUND_S) -> str:
+    """Exit 5, one JSON error line, in time and bounded memory: its message."""
     message = one_error(run, 5)["message"]
     assert seconds < bound, f"{seconds:.1f}s: {message}"
+    assert peak_mb < MAX_RSS_MB, f"peak {peak_mb:.0f} MB: {message}"
     assert len(message) < 900, message
     print(f"{seconds:.1f}s: {message}")
     return message
