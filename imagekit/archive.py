@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import io
+import os
 import struct
 import tarfile
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -150,3 +153,18 @@ def tar_of(files: dict[str, bytes]) -> bytes:
             info.size, info.mode = len(data), 0o444
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(path: Path) -> tuple[int, Path]:
+    """A hidden temporary file in PATH's folder (so the final rename is atomic),
+    with the permissions a plain new file would get (mkstemp makes 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, Path(tmp)

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ from pathlib import Path
 
 from . import __version__, records
 from . import sbom as sbom_stage
-from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sbom_sidecar, sidecars
+from .archive import COMPRESS_ERRORS, GzipStream, ZipStream, sbom_sidecar, sidecars, temp_beside
 from .config import Project
 from .engine import EngineAPI
 from .engine.export import ExportError, Watcher
@@ -151,24 +150,11 @@ def _fsync_dir(d: Path) -> None:
             os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _temp_beside(path: Path) -> tuple[int, Path]:
-    """A hidden temporary file in PATH's folder (so the final rename is atomic),
-    with the permissions a plain new file would get (mkstemp makes 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o666 & ~_umask())
-    return fd, Path(tmp)
 
 
 def _small_file(path: Path, text: str) -> Path:
     """A temp file beside `path` holding text, fsync'd; the caller renames it."""
-    fd, tmp = _temp_beside(path)
+    fd, tmp = temp_beside(path)
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
@@ -215,7 +201,7 @@ def save(project: Project, target: ImageTarget, engine: EngineAPI, *, fmt: str =
                                       daemon=True, name="imagekit-save-sbom")
             lister.start()
         try:
-            fd, tmp_path = _temp_beside(path)
+            fd, tmp_path = temp_beside(path)
         except OSError as e:
             raise SaveError(f"{name}: cannot write in {path.parent}: {e.strerror or e}") from None
         temps.append(tmp_path)

@@ -51,7 +51,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from . import __version__
-from .archive import tar_of
+from .archive import tar_of, temp_beside
 from .config import Project
 from .engine import EngineAPI
 from .errors import DiskFullError, Interrupted, SbomError
@@ -415,8 +415,7 @@ def write_atomically(path: Path, content: str) -> None:
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
-    from .save import _temp_beside as beside
-    fd, tmp = beside(path)
+    fd, tmp = temp_beside(path)
     return fd, str(tmp)
 
 
