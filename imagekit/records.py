@@ -129,11 +129,19 @@ def now() -> str:
 
 def store_smoke(project: Project, result: SmokeResult, key: str = "") -> Path:
     """Keep the smoke report and mark the image's record (by `key`, its
-    identity; else the engine's ID) passed or not."""
+    identity; else the engine's ID) passed or not. A run under a platform's
+    contract (`smoke --platform P`) keeps its report beside the plain one
+    (KEY.P.json); it opens the push gate when it passes, but its failure does
+    not close a gate a plain smoke test opened (the image still trains; it
+    breaks that one platform's contract, which the report says)."""
     key = key or result.image_id
-    path = project.state_dir / "smoke" / f"{_key(key)}.json"
+    platform = getattr(result, "platform", None)
+    suffix = f".{platform}" if platform else ""     # a profile name: [a-z0-9._-]
+    path = project.state_dir / "smoke" / f"{_key(key)}{suffix}.json"
     _write_json(path, asdict(result))
     rec = read(project, key) or BuildRecord(key, name=result.image, engine_id=result.image_id)
+    if platform and not result.passed and rec.smoke is not None:
+        return path
     rec.smoke = SmokeMark(result.passed, str(path), result.started_at)
     _write_json(build_path(project, key), asdict(rec))
     return path

@@ -142,3 +142,23 @@ def test_what_the_last_build_made(proj):
     names, line = targets.last_built(proj, "push")
     assert names == ["x"]
     assert line.startswith("pushing x, built ") and line.endswith("by `imagekit build x --smoke`")
+
+
+def test_a_platform_contract_that_fails_does_not_close_the_push_gate(tmp_path):
+    """The image trains (its plain smoke test passed); that it breaks one
+    platform's contract is in that run's own report, beside the plain one."""
+    from imagekit import records
+    from imagekit.config import load_project
+    from imagekit.events import SmokeResult
+    project = load_project(tmp_path)
+    key = "sha256:" + "cd" * 32
+    plain = records.store_smoke(project, SmokeResult("x", image_id=key, passed=True), key)
+    failed = records.store_smoke(project, SmokeResult("x", image_id=key, passed=False,
+                                                      platform="sagemaker"), key)
+    assert records.smoke_passed(project, key)
+    assert failed != plain and failed.name.endswith(".sagemaker.json") and plain.exists()
+    records.store_smoke(project, SmokeResult("x", image_id=key, passed=False), key)
+    assert not records.smoke_passed(project, key)          # a plain failure closes it
+    records.store_smoke(project, SmokeResult("x", image_id=key, passed=True,
+                                             platform="openshift"), key)
+    assert records.smoke_passed(project, key)              # a passed contract run opens it
