@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from . import platforms
 from .engine import RunAs
 from .errors import Interrupted, SmokeError
-from .events import Event, Info, Log, NodesResult, TrainingResult, TrainingRun, Warn
+from .events import Event, Info, Log, NodesResult, TrainingResult, TrainingRun, Warn, count
 
 if TYPE_CHECKING:
     from .smoke import _Contract, _Runner
@@ -389,5 +389,5 @@ def training(run: _Runner, contract: _Contract | None, n: int, steps: int) -> It
                        f"full log: {run.log.path}"]
             raise SmokeError(lines[0], problems=lines if len(lines) > 1 else [], details=details)
     yield Info(name, f"training ok on {n} nodes{under}: every rank exited 0, "
-                     f"{len(result.output_files)} files in rank 0's {out_dir}")
+                     f"{count(len(result.output_files), 'file')} in rank 0's {out_dir}")
     return result
