@@ -120,14 +120,19 @@ def broken_second(pair: Pair, index_names_one: bool = False) -> Path:
     which the classic store reads, still both)."""
     members = _members(pair.both)
     manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
-    second = manifest[1]["Layers"][0]
+    # the engine writes its entries in an order of its own: b's is found by its tag
+    second = next(e for e in manifest if pair.b in (e.get("RepoTags") or []))["Layers"][0]
+
+    def names(entry: dict) -> str:
+        return " ".join(str(v) for v in (entry.get("annotations") or {}).values())
 
     def change(m, d):
         if m.name == second:
             return d[:-600] + b"\xa5" * 600
         if m.name == "index.json" and index_names_one:
             idx = json.loads(d)
-            idx["manifests"] = idx["manifests"][:1]
+            idx["manifests"] = [e for e in idx["manifests"] if pair.a in names(e)] or \
+                idx["manifests"][:1]
             return json.dumps(idx).encode()
         return d
     return _retar(members, pair.root / f"broken-{index_names_one}.tar", change)
