@@ -143,3 +143,13 @@ def measured(cmd: list[str], tmp_path: Path, env: dict | None = None,
     seconds = time.monotonic() - start
     got = json.loads(usage.read_text())
     return got["code"], out.read_text(), err.read_text(), seconds, got["maxrss_kb"]
+
+
+def drive(gen) -> tuple[list, object]:
+    """(the events a stage generator yields, the value it returns)."""
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from helpers import leftovers, unique
+from helpers import drive, leftovers, unique
 
 from imagekit import platforms
 from imagekit.engine import Engine
@@ -28,13 +28,7 @@ def _run_nodes(built, framework: str, tmp_path, profile: platforms.Profile, time
     target = SmokeTarget(built.name, built.ref, built.image_id, framework, None, "cpu",
                          SmokeSpec())
     run = _Runner(target, engine, _Log(tmp_path / "smoke.log"), False, timeout, False)
-    gen = nodes(run, _Contract.of("pytorchjob", profile), 2, framework)
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return drive(nodes(run, _Contract.of("pytorchjob", profile), 2, framework))
 
 
 def _networks(docker_api, ref: str) -> list[str]:

@@ -12,6 +12,7 @@ import json
 
 import pytest
 from fakes import ContainerScript, FakeDockerAPI, FakeEngine
+from helpers import drive
 
 from imagekit import platforms, smoke_nodes
 from imagekit.engine import Engine, RunAs
@@ -80,14 +81,6 @@ def contract(name: str) -> _Contract:
     return _Contract.of(name, platforms.shipped()[name])
 
 
-def drive(gen):
-    """(events, the NodesResult the generator returned)."""
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def containers(eng: FakeEngine) -> list[dict]:
