@@ -31,6 +31,15 @@ FACTS = EngineFacts("unix:///var/run/docker.sock", server_version="26.1.5", api_
                     buildkit=True)
 
 
+MEASURE_FREE_SPACE = doctor_mod.free_space
+
+
+@pytest.fixture(autouse=True)
+def roomy_disk(monkeypatch):
+    """The machine running the tests may be short of disk; the low-disk check is tested alone."""
+    monkeypatch.setattr(doctor_mod, "free_space", lambda path: 100 * 10**9)
+
+
 def facts(**changes) -> EngineFacts:
     return EngineFacts(**{**FACTS.__dict__, **changes})
 
@@ -328,8 +337,8 @@ def test_buildx_that_hangs_is_given_up(cli_dirs):
 
 
 def test_a_socket_the_user_may_not_open_is_said_so(monkeypatch):
-    class Denied(docker.APIClient):
-        def ping(self):
+    class Denied(docker.APIClient):     # every request, whether or not an engine runs here
+        def _get(self, *args, **kw):
             raise requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError(
                 "Connection aborted.", PermissionError(13, "Permission denied")))
 
@@ -339,3 +348,11 @@ def test_a_socket_the_user_may_not_open_is_said_so(monkeypatch):
         Engine.connect(timeout=5)
     assert "permission denied: add your user to the docker group" in str(e.value)
     assert "nothing listens" not in str(e.value)
+
+
+
+def test_free_space_is_measured_on_the_nearest_existing_folder(tmp_path):
+    import shutil
+    free = shutil.disk_usage(tmp_path).free
+    for path in (tmp_path, tmp_path / "not" / "made" / "yet"):
+        assert abs(MEASURE_FREE_SPACE(path) - free) < 10**9     # other writers may move it a little
