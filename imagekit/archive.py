@@ -168,3 +168,19 @@ def temp_beside(path: Path) -> tuple[int, Path]:
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o666 & ~_umask())
     return fd, Path(tmp)
+
+
+def write_atomically(path: Path, content: str) -> None:
+    """CONTENT to PATH through a temporary file beside it, fsync'd, then
+    renamed: PATH is never half-written."""
+    fd, tmp = temp_beside(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -10,19 +10,20 @@ parents first and in parallel, is graph.py's job."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
 
-from . import fetch, records
+from . import fetch, lock, records
 from .config import Project
 from .context import context_tar
 from .engine import BuildCached, BuildDone, Builder, BuildOutput, BuildStep, ClassicBuilder, EngineAPI
 from .errors import BuildError, EngineStreamError, Interrupted
 from .events import Built, Cached, Event, Info, Log, Step, Warn
 from .reference import parse_reference
-from .render import render
-from .spec import Plan
+from .render import render, source_date_epoch
+from .spec import Plan, display_path
 
 TAIL_LINES = 15
 
@@ -36,14 +37,16 @@ def cache_ref(ref: str, name: str) -> str:
 
 
 def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False,
-          builder: Builder | None = None, cache_to: str = "", cache_from: str = "") \
-        -> Iterator[Event]:
+          builder: Builder | None = None, cache_to: str = "", cache_from: str = "",
+          ref: str = "", log_name: str = "") -> Iterator[Event]:
     """Build one image with `builder` (default: the engine's classic builder);
     its parent must exist already where the builder's images land. Yields
     events; the last one is Built. Raises BuildError with the failing step
     and log tail. `cache_to`/`cache_from`: a registry repository (or
     reference) for BuildKit's build cache; a builder that cannot use one
-    says so in one line and builds without it."""
+    says so in one line and builds without it. `ref`: build a throwaway
+    image under this one reference instead of the spec's tags (not
+    recorded); `log_name`: the log's file name (default NAME.build.log)."""
     name = plan.name
     builder = builder or ClassicBuilder(engine)
     to, since = cache_ref(cache_to, name), cache_ref(cache_from, name)
@@ -55,12 +58,16 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
         yield Warn(name, f"--cache-to left out: {why}")
         to = ""
     engine = builder.engine             # where the image lands (another engine's builder: there)
-    dockerfile = render(plan, project, builder.kind)
+    locked = lock.check(plan, project)
+    if locked is None:
+        yield Info(name, f"no {lock.LOCK_FILE}: Python packages resolve at build time "
+                         f"(`imagekit lock {name}` pins them)")
+    dockerfile = render(plan, project, builder.kind, locked)
     ctx = context_tar(dockerfile, plan.spec.code_dir)
-    refs = [plan.spec.image_ref(t) for t in plan.spec.model.tags]
+    refs = [ref] if ref else [plan.spec.image_ref(t) for t in plan.spec.model.tags]
     logs_dir = project.state_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
-    log_path = logs_dir / f"{name}.build.log"
+    log_path = logs_dir / (log_name or f"{name}.build.log")
     if plan.parent is not None and engine.image(plan.base_image) is None:
         raise BuildError(f"{name}: parent image {plan.base_image} is not built; "
                          f"run `imagekit build {plan.parent.name}` first (or build both)")
@@ -75,10 +82,11 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
             stack.enter_context(fetch.serve(project.wheelhouse, project.config.pip.port))
             network = "host"
         elif project.wheelhouse is not None:
-            contexts = yield from fetch.wheel_contexts(plan, project)
+            contexts = yield from fetch.wheel_contexts(plan, project, locked)
         try:
             for item in builder.build(ctx, refs[0], network_mode=network, nocache=nocache,
-                                      contexts=contexts, cache_to=to, cache_from=since):
+                                      contexts=contexts, cache_to=to, cache_from=since,
+                                      source_date_epoch=source_date_epoch(plan)):
                 if isinstance(item, BuildStep):
                     log.write(f"Step {item.index}/{item.total} : {item.instruction}\n")
                     step, total, instruction = item.index, item.total, item.instruction
@@ -97,7 +105,8 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
         except EngineStreamError as e:
             log.write(f"ERROR: {e.message}\n")
             where = f"step {step}/{total} `{_short(instruction)}`" if step else "start"
-            raise BuildError(f"{name}: build failed at {where}: {_short(e.message, 300)}",
+            why = _installer_problem(tail, locked) or _short(e.message, 300)
+            raise BuildError(f"{name}: build failed at {where}: {why}",
                              details=[*(f"| {t}" for t in tail), f"full log: {log_path}"]) \
                 from None
         except KeyboardInterrupt:
@@ -107,16 +116,38 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
     if image_id is None or image is None:
         raise BuildError(f"{name}: the engine ended the build without an image",
                          details=[f"full log: {log_path}"])
-    for ref in refs[1:]:
-        repo, tag = ref.rsplit(":", 1)
+    for more in refs[1:]:
+        repo, tag = more.rsplit(":", 1)
         engine.tag(image.id, repo, tag)
     seconds = time.monotonic() - started
-    records.write(project, records.BuildRecord(
-        image.key, engine_id=image.id, name=name, refs=refs, spec_digest="sha256:" + plan.spec.digest(),
-        framework=plan.framework, version=plan.version, device=plan.device,
-        python=plan.python, cuda=plan.cuda, built_at=records.now(), seconds=round(seconds, 2),
-        steps=total, cached_steps=cached, dockerfile=dockerfile))
+    if not ref:
+        records.write(project, records.BuildRecord(
+            image.key, engine_id=image.id, name=name, refs=refs,
+            spec_digest="sha256:" + plan.spec.digest(), framework=plan.framework,
+            version=plan.version, device=plan.device, python=plan.python, cuda=plan.cuda,
+            built_at=records.now(), seconds=round(seconds, 2), steps=total, cached_steps=cached,
+            dockerfile=dockerfile))
     yield Built(name, image.id, refs, round(seconds, 2), total, cached, str(log_path))
+
+
+_HASH_MISMATCH = re.compile(r"Hash mismatch for `([^`]+)`")
+_NO_HASH = re.compile(r"no trusted hash was provided for: `([^`]+)`")
+_NOT_FOUND = re.compile(r"Because ([A-Za-z0-9._-]+(?:[=<>!~]=?[^ ]+)?) was not found in the "
+                        r"(?:package registry|provided package locations)")
+
+
+def _installer_problem(tail, locked) -> str | None:
+    """What the installer said when a locked install failed, in one line that
+    names the package (uv's own words are in the log tail shown below)."""
+    text = "\n".join(tail)
+    where = f" ({display_path(locked.path)})" if locked is not None else ""
+    if m := _HASH_MISMATCH.search(text):
+        return f"the wheel of {m[1]} does not have the sha256 the lock gives it{where}"
+    if m := _NO_HASH.search(text):
+        return f"{m[1]} is needed but not in the lock{where}: run `imagekit lock`"
+    if m := _NOT_FOUND.search(text):
+        return f"{m[1]} is not among the wheels the build was given{where}"
+    return None
 
 
 def _short(text: str, n: int = 80) -> str:

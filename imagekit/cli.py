@@ -9,7 +9,7 @@ import itertools
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, nullcontext
 from enum import Enum
 from pathlib import Path
@@ -26,6 +26,7 @@ from .errors import (
     EngineUnavailable,
     ImagekitError,
     Interrupted,
+    LockError,
     PushError,
     SaveError,
     SmokeError,
@@ -246,10 +247,12 @@ def render(name: Annotated[str, typer.Argument(help="Image name.")],
     """Print the Dockerfile rendered from a spec for the builder `imagekit build`
     would use (or --builder's): nothing is built."""
     project = state.project
+    from .lock import read
     from .render import render as render_plan
     plan = project.catalog.resolve(name)
     sys.stdout.write(render_plan(plan, project, _builder_kind(builder_name or
-                                                                project.config.build.builder)))
+                                                                project.config.build.builder),
+                                 read(plan)))
 
 
 def _builder_kind(requested: str) -> str:
@@ -328,14 +331,53 @@ def lint(names: Names = None, all_: AllOpt = False) -> None:
         raise typer.Exit(problems[0].exit_code)
 
 
+@app.command("lock")
+def lock_(
+    names: Names = None,
+    all_: AllOpt = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Write nothing: fail (exit 18) when a lock no longer matches its spec, "
+        "the matrix or imagekit.toml, naming what changed. With no names: every image that "
+        "has a lock.")] = False,
+) -> None:
+    """Write images/NAME/requirements.lock: every Python package the image
+    installs, transitively, pinned with its wheel's sha256 (resolved from the
+    wheelhouse, or [pip] index_url). `imagekit build` then installs exactly it."""
+    from . import lock
+    project = state.project
+    if check and not names and not all_:
+        plans = [p for p in _plans(project, project.catalog.names()) if lock.lock_path(p).exists()]
+        if not plans:
+            raise UsageError(f"no image in {project.catalog.dir} has a {lock.LOCK_FILE} "
+                             "(`imagekit lock NAME` writes one)")
+    else:
+        plans = _plans(project, _names(project, names, all_))
+
+    def checks() -> Iterator[Event]:
+        for p in plans:
+            try:
+                yield from lock.check_stage(p, project)
+            except LockError as e:
+                for line in [*e.lines(), *e.details]:
+                    yield Problem("", line, e.exit_code)
+
+    if check:
+        problems = _show(checks())
+        if problems:
+            raise typer.Exit(problems[0].exit_code)
+        return
+    _show(itertools.chain.from_iterable(lock.make(p, project) for p in plans))
+
+
 @app.command("fetch")
 def fetch_(names: Names = None, all_: AllOpt = False) -> None:
     """Download the images' Python packages into the wheelhouse (host pip); what
     a machine with no network needs before `imagekit build`."""
-    from . import fetch
+    from . import fetch, lock
     project = state.project
     plans = _plans(project, _names(project, names, all_))
-    _show(itertools.chain.from_iterable(fetch.fetch(p, project) for p in plans))
+    _show(itertools.chain.from_iterable(fetch.fetch(p, project, lock.check(p, project))
+                                        for p in plans))
 
 
 @app.command()
@@ -366,12 +408,22 @@ def build(
     load_here: Annotated[bool, typer.Option(
         "--load", help="With a builder on another engine: also load each built image into "
         "this one (streamed from that engine's export, nothing on disk).")] = False,
+    check_reproducible: Annotated[bool, typer.Option(
+        "--check-reproducible", help="Build each named image twice with no cache, as two "
+        "throwaway images (removed after), and compare every layer above the base; exit 19 "
+        "naming each layer that differs, its first paths and why. Its parent must be built.")]
+    = False,
 ) -> None:
     """Render and build images (and their catalog parents, first) through the
     Docker engine, independent ones in parallel, with live progress. Python
     wheels and the base image are brought first when missing."""
-    from . import base, fetch, graph
+    from . import base, fetch, graph, lock
     from . import smoke as smoke_stage
+    if check_reproducible and (clash := [flag for flag, on in (
+            ("--smoke", smoke), ("--cache-to", cache_to), ("--cache-from", cache_from),
+            ("--load", load_here)) if on]):
+        raise UsageError(f"--check-reproducible builds with no cache and keeps nothing: "
+                         f"not with {', '.join(clash)}")
     for ref in (cache_to, cache_from):
         if ref:
             try:
@@ -394,7 +446,11 @@ def build(
     def before(plan: Plan) -> Iterator[Event]:
         if plan.parent is None:
             yield from base.ensure(project, engine, project.map_base(plan.base_image))
-        yield from fetch.ensure(plan, project)
+        yield from fetch.ensure(plan, project, lock.check(plan, project))
+
+    if check_reproducible:
+        _check_reproducible(plans, project, builder, before)
+        return
 
     def after(plan: Plan) -> Iterator[Event]:
         from .gpu import platform
@@ -434,6 +490,35 @@ def build(
         error(first.reason + more, first.details if len(outcome) == 1 else [],
               as_json=state.output == "json", code=first.exit_code)
         raise typer.Exit(first.exit_code)
+
+
+def _check_reproducible(plans: list[Plan], project: Project, builder,
+                        before: Callable[[Plan], Iterator[Event]]) -> None:
+    """`build --check-reproducible`: each image built twice and compared; the
+    first one that differs is the error (exit 19)."""
+    from . import reproduce
+    from .errors import NotReproducible
+    from .events import ReproduceResult
+    results: list[ReproduceResult] = []
+
+    def stages() -> Iterator[Event]:
+        yield Info("", f"builder: {builder.name} ({builder.reason})")
+        for plan in plans:
+            yield from before(plan)
+            for ev in reproduce.check(plan, project, builder.engine, builder):
+                if isinstance(ev, ReproduceResult):
+                    results.append(ev)
+                yield ev
+
+    _show(stages())
+    for r in results:
+        if not r.reproducible:
+            first = next(x for x in r.layers if not x.same)
+            paths = ", ".join(d.path for d in first.paths[:3]) or "no path differs"
+            step = f" `{first.step[:60]}`" if first.step else ""
+            raise NotReproducible(f"{r.image}: {r.total - r.identical} of {r.total} layers above "
+                                  f"the base differ between two cold builds; first layer "
+                                  f"{first.index}{step}: {paths}")
 
 
 def _command_line() -> str:
@@ -577,6 +662,10 @@ def push(
     fmt: Annotated[PushFormat, typer.Option(
         "--format", help="docker: v2 schema 2 manifests, gzip layers (what every registry "
         "takes); oci: OCI media types; oci-zstd: OCI with zstd layers.")] = "docker",
+    sbom: Annotated[bool | None, typer.Option(
+        "--sbom/--no-sbom", help="Attach the image's bill of materials (CycloneDX, as `imagekit "
+        "sbom` makes it) to the pushed image in each registry, as an OCI artifact (default: "
+        "[push] sbom in imagekit.toml, else no).", show_default=False)] = None,
 ) -> None:
     """Retag built images (or any image the engine holds) into each registry
     namespace, push them all at once, and report the manifest digest of each
@@ -611,7 +700,8 @@ def push(
             yield from push_stage.push(project, target, engine, to=to, tag=tag,
                                        repository=repository, smoke_gate=not no_smoke_gate,
                                        creds=creds, retries=retries, via=chosen,
-                                       fmt=PushFormat(fmt).value)
+                                       fmt=PushFormat(fmt).value,
+                                       sbom=project.config.push.sbom if sbom is None else sbom)
 
     _show(stages())
 

@@ -91,12 +91,20 @@ class AptSection(_Strict):
     mirror: Url | None = None
 
 
+class PushSection(_Strict):
+    """`imagekit push` defaults: `sbom`, attach the image's bill of materials
+    in each registry (as --sbom does)."""
+
+    sbom: bool = False
+
+
 class ConfigModel(_Strict):
     bases: dict[ImageRef, ImageRef] = {}
     base: BaseSection = BaseSection()
     pip: PipSection = PipSection()
     apt: AptSection = AptSection()
     build: BuildSection = BuildSection()
+    push: PushSection = PushSection()
     platform: PlatformSection = PlatformSection()
     platforms: dict = {}            # [platforms.NAME]: platform profiles (platforms.py)
     state_dir: HostPath = ".imagekit"

@@ -119,8 +119,9 @@ def _read(path: Path) -> bytes:
 
 def context_tar(dockerfile: str, code_dir: Path | None) -> io.BytesIO:
     """A deterministic tar of exactly what the Dockerfile uses: the Dockerfile
-    and the spec's code dir (as code/). Sorted names, zero times and owners;
-    links stored as links."""
+    and the spec's code dir (as code/, itself included). Sorted names, zero
+    times and owners, whatever the checkout's: a rebuild copies the same code
+    layer bit for bit. Links stored as links."""
     entries = scan(code_dir) if code_dir is not None else []
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -129,13 +130,18 @@ def context_tar(dockerfile: str, code_dir: Path | None) -> io.BytesIO:
             info.size, info.mode, info.mtime = len(data), mode, 0
             tar.addfile(info, io.BytesIO(data))
 
+        def add_dir(name: str) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+            tar.addfile(info)
+
         add_bytes("Dockerfile", dockerfile.encode())
+        if code_dir is not None:   # code/ itself: COPY gives its destination this time and mode
+            add_dir("code")
         for e in entries:
             name = f"code/{e.rel}"
             if e.kind == "dir":
-                info = tarfile.TarInfo(name)
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-                tar.addfile(info)
+                add_dir(name)
             elif e.kind == "link":
                 info = tarfile.TarInfo(name)
                 info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, e.target, 0o777, 0

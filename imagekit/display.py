@@ -29,12 +29,14 @@ from .events import (
     Info,
     InspectResult,
     LoadResult,
+    LockResult,
     Log,
     MatrixResult,
     PlatformsResult,
     Problem,
     Progress,
     PushResult,
+    ReproduceResult,
     SaveResult,
     SbomResult,
     Skipped,
@@ -109,9 +111,10 @@ class Display:
             return
         row = self.rows.setdefault(ev.image, _Row()) if ev.image else None
         if isinstance(ev, Step):
-            row.status, row.step = "building", f"{ev.index}/{ev.total} {ev.instruction}"
+            shown_step = _cut_step(ev.instruction)
+            row.status, row.step = "building", f"{ev.index}/{ev.total} {shown_step}"
             row.tail.clear()
-            self._line(f"{ev.image}: step {ev.index}/{ev.total} {ev.instruction}", "bold")
+            self._line(f"{ev.image}: step {ev.index}/{ev.total} {shown_step}", "bold")
         elif isinstance(ev, Cached):
             row.cached += 1
             if self.mode == "plain":
@@ -246,6 +249,9 @@ class Display:
                    f"{count(len(r.destinations), 'destination')} ({gate})", "green", always=True)
         for d in r.destinations:
             self._line(f"  {d.ref}  {d.digest}", always=True)
+            if d.sbom is not None:
+                how = f"referrers tag {d.sbom.tag}" if d.sbom.tag else d.sbom.how
+                self._line(f"    sbom: {d.sbom.ref} ({how})", always=True)
         if r.bytes_compressed is not None:
             stored = f"; {count(r.layers_as_stored or 0, 'layer')} sent as the engine stored " \
                      "them" if r.layers_as_stored else ""
@@ -270,6 +276,53 @@ class Display:
         self._line(f"  {count(r.python_packages, 'Python package')} ({r.wheel_hashes} with their "
                    f"wheel's sha256), {count(r.debian_packages, 'Debian package')}, "
                    f"{r.cuda_libraries} CUDA {libs}; CycloneDX 1.5", always=True)
+
+    def _lock(self, r: LockResult) -> None:
+        steps = ", ".join(f"{s} {n}" for s, n in r.steps.items())
+        if not r.written:
+            self._line(f"{r.image}: {r.path} unchanged: {count(r.packages, 'package')} "
+                       f"({steps}), {r.digest[:19]}", "green", always=True)
+            return
+        moved = [f"{len(x)} {what}" for x, what in ((r.added, "added"), (r.changed, "changed"),
+                                                    (r.removed, "removed")) if x]
+        self._line(f"{r.image}: wrote {r.path}: {count(r.packages, 'package')} pinned with "
+                   f"their sha256 ({steps}) in {r.seconds}s", "green", always=True)
+        if moved and r.replaced:
+            named = ", ".join((r.added + r.changed + r.removed)[:6])
+            self._line(f"  {', '.join(moved)} since the last lock: {named}"
+                       f"{', …' if len(r.added + r.changed + r.removed) > 6 else ''}", always=True)
+        self._line(f"  its builds use SOURCE_DATE_EPOCH {r.epoch}; {r.digest[:19]}", always=True)
+
+    def _reproduce(self, r: ReproduceResult) -> None:
+        """Two cold builds compared: the verdict, each layer above the base,
+        and under a layer that differs its first paths and why."""
+        builds = " and ".join(f"{s:.1f}s" for s in r.seconds)
+        verdict = "reproducible" if r.reproducible else "NOT reproducible"
+        self._line(f"{r.image}: {verdict}: {r.identical}/{r.total} layers above the base "
+                   f"({r.base}) identical across two cold builds with {r.builder} ({builds}; "
+                   f"SOURCE_DATE_EPOCH {r.source_date_epoch})", "green" if r.reproducible
+                   else "red", always=True)
+        ids = r.image_ids
+        self._line(f"  image ID {ids[0][:19]} both times" if len(set(ids)) == 1 else
+                   f"  image IDs {' and '.join(i[:19] for i in ids)} (the image config differs"
+                   f"{'' if r.builder != 'classic' else ': the classic builder stamps it'})",
+                   always=True)
+        for x in r.layers:
+            step = f"  {x.step[:80]}" if x.step else ""
+            if x.same:
+                if self.mode == "plain" or self.verbose:
+                    self._line(f"  layer {x.index:<3} same   {x.diff_ids[0][:19]}{step}",
+                               always=True)
+                continue
+            self._line(f"  layer {x.index:<3} DIFFERS {x.diff_ids[0][:19] or '(none)'} vs "
+                       f"{x.diff_ids[1][:19] or '(none)'}{step}", "yellow", always=True)
+            for d in x.paths:
+                self._line(f"    {d.path}  {', '.join(d.what)}: {d.first} | {d.second}",
+                           always=True)
+            if x.paths_total > len(x.paths):
+                self._line(f"    ({x.paths_total - len(x.paths)} more paths differ)", always=True)
+            if x.why:
+                self._line(f"    why: {x.why}", always=True)
 
     def _load(self, r: LoadResult) -> None:
         refs = ", ".join(r.refs) or "(no tag)"
@@ -410,6 +463,14 @@ def error(message: str, details: list[str] | None = None, *, as_json: bool = Fal
 ERROR_LIMIT = 2000   # characters of one error line: peers' words are cut where they come in
 
 
+STEP_LIMIT = 300     # characters of a build step shown (a locked install lists every hash)
+
+
+def _cut_step(text: str) -> str:
+    return text if len(text) <= STEP_LIMIT else \
+        f"{text[:STEP_LIMIT - 60]} … {text[-50:]} ({len(text) - STEP_LIMIT + 10} characters left out)"
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= ERROR_LIMIT else \
         f"{text[:ERROR_LIMIT]}... ({len(text) - ERROR_LIMIT} more characters)"
@@ -422,7 +483,7 @@ def is_tty() -> bool:
 RESULTS = {
     FetchResult: Display._fetch, BaseResult: Display._base, GraphResult: Display._graph,
     SmokeResult: Display._smoke, PushResult: Display._push, SaveResult: Display._save,
-    SbomResult: Display._sbom,
+    SbomResult: Display._sbom, LockResult: Display._lock, ReproduceResult: Display._reproduce,
     LoadResult: Display._load, InspectResult: Display._inspect, CatalogResult: Display._catalog,
     MatrixResult: Display._matrix, DoctorResult: Display._doctor,
     PlatformsResult: Display._platforms,

@@ -118,6 +118,20 @@ class DiskFullError(ImagekitError):
     exit_code = 15
 
 
+class LockError(ImagekitError):
+    """A requirements.lock is missing a package, out of date with its spec, the
+    matrix or imagekit.toml (`imagekit lock --check`, and a build that would
+    install it), or cannot be read or written."""
+    exit_code = 18
+
+
+class NotReproducible(ImagekitError):
+    """`imagekit build --check-reproducible`: two cold builds of the image made
+    a layer differently (the report names the layer, its first paths and why)."""
+
+    exit_code = 19
+
+
 class Interrupted(ImagekitError):
     exit_code = 130
 
@@ -141,5 +155,7 @@ EXIT_CODES: list[tuple[int, str]] = [
     (15, "disk full"),
     (16, "the Docker engine refused a request (its reason is printed)"),
     (17, "the image does not fit the target platform's NVIDIA driver or GPU architecture"),
+    (18, "a requirements.lock is out of date or does not hold a package the image needs"),
+    (19, "not reproducible: two cold builds (--check-reproducible) made a layer differently"),
     (130, "interrupted (Ctrl-C)"),
 ]

@@ -261,6 +261,20 @@ class SmokeResult(StageResult):
 
 
 @dataclass
+class AttachedSbom:
+    """The bill of materials attached to a pushed image (`push --sbom`): an OCI
+    artifact at `ref` (REPO@DIGEST) whose subject is the image's manifest.
+    `how`: "referrers API" (the registry lists it itself) or "referrers tag"
+    (listed in the OCI index at `tag`, sha256-<hex of the subject digest>)."""
+
+    ref: str
+    digest: str
+    subject: str
+    how: str
+    tag: str = ""
+
+
+@dataclass
 class PushedDestination:
     ref: str
     repository: str
@@ -271,6 +285,7 @@ class PushedDestination:
     seconds: float
     via: str = "direct"                   # direct (imagekit's own path) | engine
     bytes_sent: int | None = None         # on the direct path: request bodies sent
+    sbom: AttachedSbom | None = None      # with --sbom, where its bill of materials went
 
 
 @dataclass
@@ -300,6 +315,26 @@ class SaveResult(StageResult):
     seconds: float = 0.0
     mb_per_s: float | None = None
     sbom_file: str = ""          # PATH.sbom.json; "" when the image could not be listed
+
+
+@dataclass
+class LockResult(StageResult):
+    """images/NAME/requirements.lock written (or found unchanged): `steps`
+    counts the packages each install step takes from it; `added`, `removed`
+    and `changed` name packages against the lock it replaced."""
+
+    stage: ClassVar[str] = "lock"
+    path: str = ""
+    packages: int = 0
+    steps: dict[str, int] = field(default_factory=dict)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    written: bool = False
+    replaced: bool = False         # a lock was there before
+    epoch: int = 0
+    digest: str = ""
+    seconds: float = 0.0
 
 
 @dataclass
@@ -357,6 +392,51 @@ class InspectResult(StageResult):
     top_wasted: list[WastedPath] = field(default_factory=list)
     python_packages: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PathDifference:
+    """One path that two builds of a layer hold differently. `what`: content,
+    kind, mtime, mode, owner, xattrs, or "only in build 1" / "only in build 2";
+    `first` and `second` show the differing values of each build."""
+
+    path: str
+    what: list[str] = field(default_factory=list)
+    first: str = ""
+    second: str = ""
+
+
+@dataclass
+class LayerCheck:
+    """One layer above the base, as two cold builds made it."""
+
+    index: int                   # 1-based among all the image's layers
+    step: str                    # the instruction that made it
+    diff_ids: list[str] = field(default_factory=list)   # build 1's, build 2's
+    same: bool = True
+    paths: list[PathDifference] = field(default_factory=list)   # the first ones
+    paths_total: int = 0         # how many paths differ
+    why: str = ""                # where imagekit knows why it cannot be made alike
+
+
+@dataclass
+class ReproduceResult(StageResult):
+    """`imagekit build --check-reproducible`: two cold builds, compared."""
+
+    stage: ClassVar[str] = "reproduce"
+    builder: str = ""
+    base: str = ""               # the image it is built FROM
+    base_layers: int = 0
+    identical: int = 0           # layers above the base alike in both builds
+    total: int = 0               # layers above the base
+    seconds: list[float] = field(default_factory=list)   # each cold build
+    image_ids: list[str] = field(default_factory=list)
+    source_date_epoch: int = 0
+    layers: list[LayerCheck] = field(default_factory=list)
+
+    @property
+    def reproducible(self) -> bool:
+        return self.identical == self.total and len(self.layers) == self.total
 
 
 @dataclass

@@ -6,15 +6,12 @@ written to disk."""
 
 from __future__ import annotations
 
-import io
-import json
-import posixpath
 import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .engine import EngineAPI, export
+from .engine import EngineAPI, export, files
 from .errors import EngineError
 from .events import Event, InspectResult, LayerReport, WastedPath
 from .targets import ImageTarget
@@ -89,50 +86,15 @@ def analyse(layers: list[Layer]) -> Waste:
                  [WastedPath(p, b) for p, b in top])
 
 
-def _open_layer(fileobj):
-    """A layer blob as an uncompressed stream: gzip is found by tarfile, zstd here."""
-    head = fileobj.read(4)
-    rest = _Stream(iter([head, *iter(lambda: fileobj.read(1 << 20), b"")]))
-    if export.compression_of(head) == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(rest)
-    return rest
-
-
 def inspect(engine: EngineAPI, target: ImageTarget) -> Iterator[Event]:
     """Yields one InspectResult for the target image (any export layout)."""
     ref = target.ref
-    by_path: dict[str, Layer] = {}
-    small: dict[str, bytes] = {}
-    links: dict[str, str] = {}
-    outer = tarfile.open(fileobj=_Stream(engine.save(ref)), mode="r|")
-    for m in outer:
-        name = export.norm(m.name)
-        if m.issym() or m.islnk():
-            links[name] = export.norm(m.linkname if m.islnk() else
-                                      posixpath.join(posixpath.dirname(name), m.linkname))
-            continue
-        if not m.isfile():
-            continue
-        f = outer.extractfile(m)
-        if export.wants(name, m.size):
-            data = f.read()
-            if export.wants(name, m.size, data[:1]):
-                small[name] = data
-                continue
-            f = io.BytesIO(data)
-        if name.endswith("layer.tar") or export.BLOB.match(name):
-            by_path[name] = _read_layer(_open_layer(f))
-
-    def resolve(path: str) -> str:
-        return export.follow(links, path)
-
     try:
-        lay = export.layout(small, resolve)
+        got = files.read_layers(engine.save(ref), _read_layer)
     except export.ExportError as e:
         raise EngineError(f"the engine's export of {ref}: {e.message}") from None
-    layers = [by_path.get(resolve(x.path), Layer()) for x in lay.layers]
-    config = json.loads(small[resolve(lay.config_path)])
+    layers = [x if x is not None else Layer() for x in got.layers]
+    config = got.config
     steps = [h.get("created_by", "") for h in config.get("history", [])
              if not h.get("empty_layer")]
     if len(steps) == len(layers):
@@ -154,28 +116,3 @@ def inspect(engine: EngineAPI, target: ImageTarget) -> Iterator[Event]:
         total_bytes=waste.total_bytes, wasted_bytes=waste.wasted_bytes,
         efficiency=waste.efficiency, top_wasted=waste.top,
         python_packages=dict(sorted(packages.items())), labels=dict(target.image.labels))
-
-
-class _Stream:
-    """A file-like reader over an iterator of byte chunks (for tarfile's r| mode)."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self.chunks = iter(chunks)
-        self.chunk = b""
-        self.pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        parts = []
-        while n != 0:
-            if self.pos >= len(self.chunk):
-                try:
-                    self.chunk, self.pos = next(self.chunks), 0
-                except StopIteration:
-                    break
-                continue
-            take = len(self.chunk) - self.pos if n < 0 else min(n, len(self.chunk) - self.pos)
-            parts.append(self.chunk[self.pos:self.pos + take])
-            self.pos += take
-            if n > 0:
-                n -= take
-        return b"".join(parts)

@@ -19,6 +19,9 @@ each registry got.
   child process's arguments or into the image.
 - The `REGISTRY/NAMESPACE/REPO:TAG` refs are kept in the engine, as `docker
   tag` + `docker push` would leave them; a failed push removes the ones it made.
+- With --sbom the image's bill of materials (sbom.py) is made once and, after
+  the push, attached to the image in each registry with the push's own
+  registry sessions (attach.py); a refusal there leaves the image pushed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from .errors import (
     EngineUnavailable,
     ImagekitError,
     Interrupted,
+    PushError,
     SmokeGateError,
     UsageError,
 )
@@ -62,14 +66,18 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
          to: list[str] | None = None, tag: str | None = None, repository: str | None = None,
          smoke_gate: bool = True, creds: Credentials | None = None, retries: int = RETRIES,
          backoff: float = BACKOFF, sleep: Callable[[float], None] = time.sleep,
-         via: str = "auto", fmt: str = "docker") -> Iterator[Event]:
+         via: str = "auto", fmt: str = "docker", sbom: bool = False) -> Iterator[Event]:
     """Push the target image to every destination at once. Yields progress and
     per-destination results; the last event is a PushResult with every digest.
     `via`: "own" (imagekit's own path: one export, layers compressed once for
     every registry, resumable), "engine" (docker push), or "auto": the own
     path, except where the engine stores layers compressed (the containerd
     image store), whose own push uploads them as they are, which an export
-    cannot beat. Raises AuthError (11), SmokeGateError (12) or PushError (10)."""
+    cannot beat. With `sbom`, the image's bill of materials is made first
+    (sbom.build; SbomError, 13, before anything is sent) and attached to the
+    image in each registry after the push (attach.py); a registry that refuses
+    it leaves the image pushed and fails the push (PushError, 10) after its
+    result. Raises AuthError (11), SmokeGateError (12) or PushError (10)."""
     name, src, image_id = target.name, target.ref, target.image_id
     plan = target.plan
     where_from = f"push.registries in {plan.spec.path.name}" if plan else ""
@@ -120,6 +128,14 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
     secrets += [str(a.get(k, "")) for a, _ in auths.values() if a
                 for k in ("password", "Password", "IdentityToken", "identitytoken", "auth")]
 
+    sessions, doc = None, b""
+    if sbom:
+        from . import attach  # only when asked
+        from . import sbom as sbom_stage
+        yield Info(name, f"listing what {src} ({image_id[:19]}) holds for its bill of materials "
+                         "(--sbom), in a container with no network")
+        doc = sbom_stage.text(sbom_stage.build(project, target, engine)[0]).encode()
+        sessions = attach.sessions(auths)
     yield Info(name, f"pushing {src} ({image_id[:19]}) to "
                      f"{', '.join(d.ref for d in dests)}")
     stored = via != "own" and fmt == "docker" and engine.stored_compressed(target.ref)
@@ -139,7 +155,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
             done, fallback, why = yield from direct(engine, name, image_id,
                                                     list(target.image.diff_ids), dests, auths,
                                                     fmt=fmt, retries=retries, backoff=backoff,
-                                                    sleep=sleep)
+                                                    sleep=sleep, registries=sessions)
             for x in done:                 # the refs a push leaves, as docker push does
                 if x.error is None:
                     with contextlib.suppress(ImagekitError):
@@ -169,6 +185,14 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
 
     by_dest = {x.dest: x for x in done}
     records.add_pushed(project, target.key, [f"{d.repo}@{by_dest[d].digest}" for d in dests])
+    attached, unattached = {}, []
+    for d in dests if sessions is not None else []:
+        try:
+            attached[d] = yield from _attach(sessions[d.registry], d, by_dest[d].digest, doc, name,
+                                             retries, backoff, sleep)
+        except PushError as e:
+            unattached.append(f"{d.ref}: pushed ({by_dest[d].digest}), but its bill of materials "
+                              f"was not attached: {e.message}")
     own = next((x for x in done if x.via == "direct"), None)
     if own is not None:
         compressed, as_stored = own.bytes_compressed, own.layers_as_stored
@@ -181,8 +205,34 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
                      destinations=[PushedDestination(
                          d.ref, d.repo, d.tag, by_dest[d].digest, f"{d.repo}@{by_dest[d].digest}",
                          by_dest[d].attempts, by_dest[d].seconds, by_dest[d].via,
-                         by_dest[d].bytes_sent) for d in dests],
+                         by_dest[d].bytes_sent, attached.get(d)) for d in dests],
                      bytes_compressed=compressed, layers_as_stored=as_stored)
+    if unattached:       # the image stays pushed (and recorded); the push did not do all it was asked
+        many = f"{len(unattached)} of {len(dests)} bills of materials not attached; " \
+            if len(dests) > 1 else ""
+        raise PushError(f"{name}: {many}{unattached[0]}",
+                        details=unattached if len(dests) > 1 else [])
+
+
+def _attach(reg, d: Destination, digest: str, doc: bytes, name: str, retries: int,
+            backoff: float, sleep: Callable[[float], None]):
+    """Attach the SBOM to one pushed destination, a transient failure retried
+    with backoff (every step is idempotent); returns its AttachedSbom."""
+    from .attach import attach
+    from .registry import TransientPushError
+    attempt = 0
+    while True:
+        try:
+            return attach(reg, d.repo.removeprefix(d.registry + "/"), d.tag, digest, doc,
+                          where=d.repo, title=f"{d.repository}.sbom.json")
+        except TransientPushError as e:
+            attempt += 1
+            if attempt > retries:
+                raise PushError(f"failed after {attempt} attempts: {e.message}") from None
+            wait = min(backoff * 2 ** (attempt - 1), 30.0)
+            yield Warn(name, f"{d.ref}: attaching its bill of materials failed ({e.message}); "
+                             f"retrying in {wait:g}s")
+            sleep(wait)
 
 
 def _untag(engine: EngineAPI, dests: list[Destination]) -> bool:

@@ -31,9 +31,10 @@ HOW = {"uploaded": "Pushed", "exists": "Layer already exists", "mounted": "Mount
 def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
            dests: list[Destination],
            auths: dict[str, tuple[dict | None, str]], *, fmt: str, retries: int, backoff: float,
-           sleep: Callable[[float], None]):
+           sleep: Callable[[float], None], registries: dict[str, registry.Registry] | None = None):
     """Yields progress; returns (Done per destination pushed or failed,
-    destinations to push through the engine, why)."""
+    destinations to push through the engine, why). REGISTRIES: the sessions
+    to push with (per host), for a caller that goes on using them."""
     targets = {d: registry.Target(d.registry, d.repo.removeprefix(d.registry + "/"), d.tag)
                for d in dests}
     by_ref = {t.ref: d for d, t in targets.items()}
@@ -57,7 +58,8 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
             try:
                 for ev in registry.push(src, [targets[d] for d in pending], creds,
                                         format=fmt, expect_diff_ids=diff_ids, retries=min(retries, 4),
-                                        backoff=backoff / 2, sleep=sleep, spool=spool):
+                                        backoff=backoff / 2, sleep=sleep, spool=spool,
+                                        registries=registries):
                     if isinstance(ev, Compressing):
                         yield Progress(name, f"layer {ev.source[:19]}", ev.done, ev.total,
                                        "reading" if ev.stored else "compressing")

@@ -15,10 +15,14 @@ import jinja2
 from . import __version__, matrix
 from .config import Project
 from .errors import SpecError
+from .lock import Lock, marker_env, source_date_epoch, step_requirements
 from .spec import PLATFORM_MOUNTS, Plan, display_path
 
 WHEELHOUSE_HOST = "127.0.0.1"
 WHEELS_MOUNT = "/wheels"          # where a BuildKit install step sees its wheels-STEP context
+# What a builder mounts into every RUN step: the step's clamp_times() (partials/reproducible.j2)
+# leaves them alone (they are not in the layer, and some are read-only)
+RUN_MOUNTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 BUILDERS = ("classic", "buildkit")
 
 
@@ -97,7 +101,7 @@ def pip_options(project: Project, builder: str = "classic") -> str:
     return opts
 
 
-def labels(plan: Plan) -> dict[str, str]:
+def labels(plan: Plan, locked: Lock | None = None) -> dict[str, str]:
     m = plan.spec.model
     v = plan.variant
     out = {
@@ -116,6 +120,8 @@ def labels(plan: Plan) -> dict[str, str]:
         "io.imagekit.spec.digest": "sha256:" + plan.spec.digest(),
     }
     out.update(matrix.gpu_labels(v))     # what is installed, what it was built for, the driver
+    if locked is not None:
+        out["io.imagekit.lock"] = locked.digest
     if plan.parent:
         out["io.imagekit.parent"] = plan.parent.name
     return out
@@ -156,7 +162,23 @@ def run_prefixes(project: Project, builder: str):
     return "RUN --network=none", mounted
 
 
-def context(plan: Plan, project: Project, builder: str = "classic") -> dict:
+def locked_steps(plan: Plan, locked: Lock | None) -> dict[str, dict] | None:
+    """For each install step, with a lock: the step's requirements pinned to
+    the locked versions, and its share of the lock (pinned, with hashes) for
+    the installer's constraints."""
+    if locked is None:
+        return None
+    if not matrix.load().get("installer"):
+        raise SpecError(f"{display_path(locked.path)}: a locked build installs with uv "
+                        "(matrix.yaml's `installer`), which is not set")
+    env = marker_env(plan)
+    return {step: {"requirements": locked.pin(reqs, step, env),
+                   "constraints": [p.line() for p in locked.step(step)]}
+            for step, reqs in step_requirements(plan).items()}
+
+
+def context(plan: Plan, project: Project, builder: str = "classic",
+            locked: Lock | None = None) -> dict:
     m = plan.spec.model
     v = plan.variant
     child = plan.parent is not None
@@ -209,18 +231,23 @@ def context(plan: Plan, project: Project, builder: str = "classic") -> dict:
         "env": dict(m.env),
         "workdir": m.workdir,
         "code": m.code,
-        "labels": labels(plan),
+        "labels": labels(plan, locked),
+        "lock": locked_steps(plan, locked),
+        "source_date_epoch": source_date_epoch(plan),
+        "run_mounts": [*RUN_MOUNTS, *([WHEELS_MOUNT] if builder == "buildkit" and offline else [])],
     }
 
 
-def render(plan: Plan, project: Project, builder: str = "classic") -> str:
-    """The Dockerfile `builder` ("classic" or "buildkit") gets for this plan."""
+def render(plan: Plan, project: Project, builder: str = "classic",
+           locked: Lock | None = None) -> str:
+    """The Dockerfile `builder` ("classic" or "buildkit") gets for this plan
+    (with LOCKED, its requirements.lock: installs exactly that)."""
     if builder not in BUILDERS:
         raise ValueError(f"builder {builder!r}")
     env = environment(project)
     try:
         template = env.get_template("Dockerfile.j2")
-        text = template.render(context(plan, project, builder))
+        text = template.render(context(plan, project, builder, locked))
     except jinja2.TemplateNotFound as e:
         where = " or ".join(display_path(d) for d in project.template_dirs)
         raise SpecError(f"template {e.name} not found in {where}") from None

@@ -35,11 +35,9 @@ archive as PATH.sbom.json (save.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
-import os
 import time
 import uuid
 import zipfile
@@ -51,7 +49,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from . import __version__
-from .archive import tar_of, temp_beside
+from .archive import tar_of, write_atomically
 from .config import Project
 from .engine import EngineAPI
 from .errors import DiskFullError, Interrupted, SbomError
@@ -209,6 +207,9 @@ def licenses(pkg: dict) -> list[dict]:
     return []
 
 
+LOCK_LABEL = "io.imagekit.lock"     # the sha256 of the requirements.lock a build installed
+
+
 def _prop(name: str, value) -> dict:
     return {"name": name, "value": str(value)}
 
@@ -352,6 +353,9 @@ def document(project: Project | None, target: ImageTarget, inv: dict, *,
             props.append(_prop(f"imagekit:{k}", v))
     if inv.get("python_version"):
         props.append(_prop("imagekit:python-in-image", inv["python_version"]))
+    locked = image.labels.get(LOCK_LABEL)
+    props.append(_prop("imagekit:requirements-lock", locked or
+                       "none: its Python packages were resolved at build time"))
     main: dict = {"type": "container", "bom-ref": image_ref, "name": repo, "version": tag,
                   "properties": props}
     ancestors = base_images(project, target)
@@ -397,26 +401,6 @@ def build(project: Project, target: ImageTarget, engine: EngineAPI) -> tuple[dic
 
 def text(doc: dict) -> str:
     return json.dumps(doc, indent=2) + "\n"
-
-
-def write_atomically(path: Path, content: str) -> None:
-    """content to path via a temporary file beside it, fsync'd, renamed."""
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    fd, tmp = temp_beside(path)
-    return fd, str(tmp)
 
 
 def sbom(project: Project, target: ImageTarget, engine: EngineAPI, *,

@@ -697,6 +697,18 @@ class Plan:
         """Ancestors first, this plan last."""
         return (self.parent.chain() if self.parent else []) + [self]
 
+    def install_steps(self) -> dict[str, list[str]]:
+        """The requirements each RUN step that installs Python packages gives
+        the installer ("framework", "jupyter", "pip": render.INSTALL_STEPS),
+        only the steps this image's Dockerfile has; each repeats the framework's
+        pins, so nothing replaces them."""
+        m = self.spec.model
+        base = list(self.variant.pip)
+        steps = {"framework": base if self.parent is None else [],
+                 "jupyter": base + matrix.jupyter_pip() if m.jupyter.enabled else [],
+                 "pip": base + list(m.pip) if m.pip else []}
+        return {step: list(dict.fromkeys(reqs)) for step, reqs in steps.items() if reqs}
+
 
 def resolve(spec: Spec, catalog: Catalog | None = None, _seen: tuple = ()) -> Plan:
     m = spec.model

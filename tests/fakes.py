@@ -589,3 +589,171 @@ class NoEngine:
     @classmethod
     def connect(cls, *a, **kw):
         raise EngineUnavailable("no Docker engine in unit tests")
+
+
+# -- registries, for imagekit.registry.Registry ----------------------------------
+
+class FakeResponse:
+    """What requests would hand registry.Registry: a status, headers (case
+    insensitive, as requests' are) and a JSON body or raw bytes."""
+
+    def __init__(self, status: int, headers: dict | None = None, body: dict | None = None,
+                 raw: bytes | None = None):
+        from requests.structures import CaseInsensitiveDict
+        self.status_code, self.headers, self.reason = status, CaseInsensitiveDict(headers), ""
+        self._body, self._raw = body, raw
+
+    def json(self):
+        if self._body is None:
+            if self._raw:
+                return json.loads(self._raw)
+            raise ValueError("no body")
+        return self._body
+
+    def iter_content(self, size):
+        if self._raw is not None:
+            yield self._raw
+        elif self._body is not None:
+            yield json.dumps(self._body).encode()
+
+    @property
+    def content(self) -> bytes:
+        return getattr(self, "_content", b"")
+
+    def close(self):
+        pass
+
+
+class FakeSession:
+    """Answers from a script; records where each request went and its headers."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.sent: list[tuple[str, str, dict]] = []
+        self.auth = None
+        self.headers: dict = {}
+
+    def request(self, method, url, headers=None, **kw):
+        self.sent.append((method, url, dict(headers or {})))
+        return self.answers(method, url, headers or {}, kw)
+
+
+def registry_with(answers, host="reg.example.com", auth=None, clock=None):
+    """A registry.Registry whose every request goes to ANSWERS(method, url,
+    headers, kw); (the Registry, its FakeSession)."""
+    import types
+
+    from imagekit.registry import Registry
+    reg = Registry(host, auth, **({"clock": clock} if clock else {}))
+    s = FakeSession(answers)
+    reg._local = types.SimpleNamespace(session=s)    # the same session in every thread
+    return reg, s
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class FakeRegistry:
+    """A registry's distribution API in memory, as FakeSession's answers:
+    blobs (POST, then PUT ?digest= with the bytes), manifests by tag and by
+    digest, Basic auth when `user` is given, and what differs between
+    registries: `referrers_api` (GET /v2/<name>/referrers/<digest> lists the
+    manifests whose subject is that digest; otherwise 404, as distribution 2.8
+    answers), `subject_header` (a manifest PUT with a subject is answered with
+    OCI-Subject), `refuse` (a function of (media type, manifest) giving the
+    error body of a 400 answer, or None to take it)."""
+
+    def __init__(self, host: str = "reg.example.com", *, user: str = "", password: str = "",
+                 referrers_api: bool = False, subject_header: bool = False,
+                 refuse: Callable[[str, dict], dict | None] | None = None):
+        self.host, self.user, self.password = host, user, password
+        self.referrers_api, self.subject_header, self.refuse = referrers_api, subject_header, refuse
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, tuple[str, bytes]] = {}     # digest -> (media type, bytes)
+        self.tags: dict[tuple[str, str], str] = {}            # (repo, tag) -> digest
+        self.requests: list[tuple[str, str]] = []             # (method, path)
+
+    def seed(self, repo: str, tag: str, media_type: str, data: bytes) -> str:
+        """A manifest the registry holds under REPO:TAG (a pushed image); its digest."""
+        digest = _sha256(data)
+        self.manifests[digest] = (media_type, data)
+        self.tags[(repo, tag)] = digest
+        return digest
+
+    def session(self, auth=None):
+        """(a registry.Registry talking to this registry, its FakeSession)."""
+        return registry_with(self, self.host, auth)
+
+    def __call__(self, method: str, url: str, headers: dict, kw: dict) -> FakeResponse:
+        import base64
+        import urllib.parse
+        parts = urllib.parse.urlsplit(url)
+        path = parts.path
+        self.requests.append((method, path))
+        if self.user:
+            good = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            if headers.get("Authorization") != good:
+                return FakeResponse(401, {"WWW-Authenticate": 'Basic realm="fake"'},
+                                    {"errors": [{"code": "UNAUTHORIZED", "message": "auth"}]})
+        if path == "/v2/":
+            return FakeResponse(200, body={})
+        data = kw.get("data")
+        body = b"" if data is None else data if isinstance(data, bytes) else b"".join(data)
+        repo, _, rest = path[len("/v2/"):].partition("/blobs/")
+        if rest:
+            return self._blob(method, repo, rest, parts.query, body)
+        repo, _, ref = path[len("/v2/"):].partition("/manifests/")
+        if ref:
+            return self._manifest(method, repo, ref, headers, body)
+        repo, _, subject = path[len("/v2/"):].partition("/referrers/")
+        if subject and self.referrers_api and method == "GET":
+            found = [{"mediaType": mt, "digest": d, "size": len(m),
+                      "artifactType": json.loads(m).get("artifactType", "")}
+                     for d, (mt, m) in self.manifests.items()
+                     if (json.loads(m).get("subject") or {}).get("digest") == subject]
+            return FakeResponse(200, {"Content-Type": "application/vnd.oci.image.index.v1+json"},
+                                {"schemaVersion": 2, "manifests": found,
+                                 "mediaType": "application/vnd.oci.image.index.v1+json"})
+        return FakeResponse(404, raw=b"404 page not found")
+
+    def _blob(self, method, repo, rest, query, body) -> FakeResponse:
+        import urllib.parse
+        if method == "HEAD":
+            held = self.blobs.get(rest)
+            return FakeResponse(404) if held is None else \
+                FakeResponse(200, {"Content-Length": str(len(held)), "Docker-Content-Digest": rest})
+        if method == "POST":
+            return FakeResponse(202, {"Location": f"/v2/{repo}/blobs/uploads/u{len(self.requests)}"})
+        digest = dict(urllib.parse.parse_qsl(query)).get("digest", "")
+        if _sha256(body) != digest:
+            return FakeResponse(400, body={"errors": [{"code": "DIGEST_INVALID",
+                                                       "message": "digest did not match"}]})
+        self.blobs[digest] = body
+        return FakeResponse(201, {"Docker-Content-Digest": digest})
+
+    def _manifest(self, method, repo, ref, headers, body) -> FakeResponse:
+        if method in ("GET", "HEAD"):
+            digest = ref if ref.startswith("sha256:") else self.tags.get((repo, ref))
+            if digest not in self.manifests:
+                return FakeResponse(404, body={"errors": [{"code": "MANIFEST_UNKNOWN",
+                                                           "message": "manifest unknown"}]})
+            media_type, data = self.manifests[digest]
+            head = {"Content-Type": media_type, "Docker-Content-Digest": digest,
+                    "Content-Length": str(len(data))}
+            return FakeResponse(200, head, raw=data if method == "GET" else None)
+        media_type = headers.get("Content-Type", "")
+        doc = json.loads(body)
+        refused = self.refuse(media_type, doc) if self.refuse else None
+        if refused is not None:
+            return FakeResponse(400, body=refused)
+        digest = _sha256(body)
+        if ref.startswith("sha256:") and ref != digest:
+            return FakeResponse(400, body={"errors": [{"code": "DIGEST_INVALID"}]})
+        self.manifests[digest] = (media_type, body)
+        if not ref.startswith("sha256:"):
+            self.tags[(repo, ref)] = digest
+        answer = {"Docker-Content-Digest": digest}
+        if self.subject_header and doc.get("subject"):
+            answer["OCI-Subject"] = doc["subject"]["digest"]
+        return FakeResponse(201, answer)

@@ -262,7 +262,7 @@ class BuildxBuilder:
 
     def command(self, folder: Path, tag: str, metadata: Path, *, nocache: bool,
                 contexts: dict[str, Path], out: Path | None, cache_to: str = "",
-                cache_from: str = "") -> list[str]:
+                cache_from: str = "", source_date_epoch: int | None = None) -> list[str]:
         cmd = [shutil.which("docker") or "docker"]
         if self.context:       # buildx runs a context's docker-driver builder only from it
             cmd += ["--context", self.context]
@@ -274,6 +274,8 @@ class BuildxBuilder:
             cmd += ["--build-context", f"{name}={path}"]
         if nocache:
             cmd.append("--no-cache")
+        if source_date_epoch is not None:   # the image config's created and history times
+            cmd += ["--build-arg", f"SOURCE_DATE_EPOCH={source_date_epoch}"]
         if cache_from:
             cmd += ["--cache-from", f"type=registry,ref={cache_from}"]
         if cache_to:      # every layer, with OCI media types and an image manifest (ECR needs them)
@@ -295,12 +297,15 @@ class BuildxBuilder:
 
     def build(self, context: IO[bytes], tag: str, *, nocache: bool = False,
               network_mode: str | None = None, contexts: dict[str, Path] | None = None,
-              cache_to: str = "", cache_from: str = "") -> Iterator[BuildItem]:
+              cache_to: str = "", cache_from: str = "",
+              source_date_epoch: int | None = None) -> Iterator[BuildItem]:
         """Build; yields steps, cached steps and log lines as they come, then
         BuildDone. Raises EngineStreamError with BuildKit's words when a step
         fails. `network_mode` is the classic builder's: RUN steps here have
         the network their Dockerfile flags give them. `cache_to`/`cache_from`:
-        a registry reference for BuildKit's build cache (mode=max)."""
+        a registry reference for BuildKit's build cache (mode=max).
+        `source_date_epoch`: the time BuildKit gives the image config (created,
+        history), so that a rebuild has the same image ID."""
         with tempfile.TemporaryDirectory(prefix="imagekit-buildkit-") as tmp:
             folder = Path(tmp) / "context"
             folder.mkdir()
@@ -311,7 +316,8 @@ class BuildxBuilder:
             metadata = Path(tmp) / "metadata.json"
             out = Path(tmp) / "image.tar" if self.load else None
             cmd = self.command(folder, tag, metadata, nocache=nocache, contexts=contexts or {},
-                               out=out, cache_to=cache_to, cache_from=cache_from)
+                               out=out, cache_to=cache_to, cache_from=cache_from,
+                               source_date_epoch=source_date_epoch)
             env = {**os.environ, "BUILDX_NO_DEFAULT_ATTESTATIONS": "1", **self.env}
             if self.context:
                 env.pop("DOCKER_HOST", None)

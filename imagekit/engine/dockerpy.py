@@ -373,9 +373,13 @@ class Engine:
         self._call(self.api.tag, image, repository, tag, force=True)
 
     def remove_image(self, ref: str) -> None:
-        """Untag `ref` (the image stays while other tags name it)."""
-        with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.NotFound):
+        """Untag `ref` (the image stays while other tags name it); nothing
+        when the engine holds no such image."""
+        try:
             self._call(self.api.remove_image, ref, noprune=False)
+        except EngineError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
 
     def answers(self, settle: float = 0.0) -> bool:
         """Whether the engine still answers, now and for `settle` seconds more
@@ -783,7 +787,11 @@ class ClassicBuilder:
 
     def build(self, context: IO[bytes], tag: str, *, nocache: bool = False,
               network_mode: str | None = None, contexts: dict[str, Path] | None = None,
-              cache_to: str = "", cache_from: str = "") -> Iterator[BuildItem]:
+              cache_to: str = "", cache_from: str = "",
+              source_date_epoch: int | None = None) -> Iterator[BuildItem]:
+        """`source_date_epoch` is left out: this builder stamps the image config
+        with the time of the build whatever it is given (its RUN steps read
+        SOURCE_DATE_EPOCH from the Dockerfile's own ARG)."""
         if cache_to or cache_from:
             raise EngineError("the classic builder cannot use a registry build cache; BuildKit can")
         if contexts:

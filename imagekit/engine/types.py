@@ -185,5 +185,6 @@ class Builder(Protocol):
 
     def build(self, context: IO[bytes], tag: str, *, nocache: bool = False,
               network_mode: str | None = None, contexts: dict[str, Path] | None = None,
-              cache_to: str = "", cache_from: str = "") -> Iterator[BuildItem]: ...
+              cache_to: str = "", cache_from: str = "",
+              source_date_epoch: int | None = None) -> Iterator[BuildItem]: ...
 

@@ -76,7 +76,7 @@ def test_objdetect_training_resumes_in_a_cpu_build(tf_image, session_project, do
         steps = {e["index"]: e["instruction"] for e in ev if e["event"] == "step"}
         cached = {e["index"] for e in ev if e["event"] == "cached"}
         reused = [i for i, ins in steps.items() if "python3 -m venv" in ins or "tensorflow==" in ins]
-        assert len(reused) == 2 and set(reused) <= cached, (steps, cached)  # venv, TensorFlow
+        assert len(reused) == 1 and set(reused) <= cached, (steps, cached)  # venv + TensorFlow
         rep = next(e for e in ev if e["event"] == "result" and e["stage"] == "smoke")["data"]
         assert rep["training"]["resumed_from"] == 20
         assert any(f.endswith(".index") for f in rep["training"]["output_files"])

@@ -31,7 +31,7 @@ from compat import config_digest, diff_ids
 from helpers import Project, imagekit, unique
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "registry"))
-from regtools import Registry, environment_ok, htpasswd, remove_tree  # noqa: E402
+from regtools import Registry, basic_registry  # noqa: E402
 
 USER, PASSWORD = "imagekit-test", "pw-for-compat-tests-only-51c3"
 AUTH_ENV = {"IMAGEKIT_REGISTRY_USER": USER, "IMAGEKIT_REGISTRY_PASSWORD": PASSWORD}
@@ -48,18 +48,8 @@ OTHER = {"engine_2010": "engine_26_containerd", "engine_26_containerd": "engine_
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    missing = environment_ok()
-    if missing:
-        pytest.fail(f"these tests need {missing} (apt-get install docker-registry apache2-utils; "
-                    "make engine installs them)")
-    root = tmp_path_factory.mktemp("compatreg")
-    htpasswd(root / "htpasswd", USER, PASSWORD)
-    (root / "reg").mkdir()
-    try:
-        with Registry(root / "reg", htpasswd_file=root / "htpasswd") as r:
-            yield r
-    finally:
-        remove_tree(root)
+    with basic_registry(tmp_path_factory.mktemp("compatreg"), USER, PASSWORD) as r:
+        yield r
 
 
 class Trip:

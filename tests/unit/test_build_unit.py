@@ -103,7 +103,7 @@ def test_context_holds_only_what_the_dockerfile_uses(offline):
     b = context_tar("FROM x\n", plan.spec.code_dir).getvalue()
     assert a == b
     names = tarfile.open(fileobj=io.BytesIO(a)).getnames()
-    assert names == ["Dockerfile", "code/data", "code/data/a.txt", "code/train.py"]
+    assert names == ["Dockerfile", "code", "code/data", "code/data/a.txt", "code/train.py"]
 
 
 def test_the_engine_gets_that_context(offline):
@@ -111,7 +111,7 @@ def test_the_engine_gets_that_context(offline):
     eng = FakeEngine()
     list(build(p.catalog.resolve("x"), p, eng))
     names = tarfile.open(fileobj=io.BytesIO(eng.contexts["x:v1"])).getnames()
-    assert names == ["Dockerfile", "code/data", "code/data/a.txt", "code/train.py"]
+    assert names == ["Dockerfile", "code", "code/data", "code/data/a.txt", "code/train.py"]
 
 
 def test_no_engine_one_line_and_exit_code(offline):

@@ -16,8 +16,8 @@ from helpers import REPO, Project, imagekit, one_error
 from imagekit import errors
 
 # codes triggered in this file / in tests/engine/test_exit_codes_engine.py
-HERE = {0, 1, 2, 3, 4, 5, 7, 130}
-ENGINE = {6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 130}
+HERE = {0, 1, 2, 3, 4, 5, 7, 18, 130}
+ENGINE = {6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 130}   # 19: tests/engine/test_reproduce.py
 
 
 def readme_codes() -> dict[int, str]:
@@ -69,6 +69,16 @@ def test_0_success():
 ])
 def test_2_usage(project: Project, args):
     one_error(project.run("--json", *args, timeout=60), 2)
+
+
+def test_18_a_lock_imagekit_did_not_write(project: Project):
+    project.copy("ssd-mxnet-cpu", "mx")
+    (project.root / "images" / "mx" / "requirements.lock").write_text("mxnet==1.9.1\n")
+    r = project.run("--json", "lock", "--check")
+    obj = one_error(r, 18)
+    assert obj["message"].endswith("images/mx/requirements.lock:1: not a pinned, hashed "
+                                   "requirement (name==version --hash=sha256:…); run "
+                                   "`imagekit lock mx`")
 
 
 def test_3_invalid_spec(project: Project):

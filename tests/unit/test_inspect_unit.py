@@ -8,8 +8,9 @@ import tarfile
 
 from fakes import FakeEngine, image_archive
 
+from imagekit.engine.files import _stream
 from imagekit.events import InspectResult, LayerReport, WastedPath
-from imagekit.inspect import Layer, _read_layer, _Stream, analyse, inspect
+from imagekit.inspect import Layer, _read_layer, analyse, inspect
 from imagekit.targets import ImageTarget
 
 
@@ -42,7 +43,7 @@ def test_deleted_overwritten_and_opaque_bytes_count_once():
 
 
 def test_stream_reader_over_chunks():
-    s = _Stream(iter([b"abc", b"", b"defgh"]))
+    s = _stream(iter([b"abc", b"", b"defgh"]))
     assert s.read(2) == b"ab" and s.read(4) == b"cdef" and s.read() == b"gh" and s.read(3) == b""
 
 

@@ -9,9 +9,9 @@ import hashlib
 import io
 import json
 import tarfile
-import types
 
 import pytest
+from fakes import FakeResponse, registry_with
 
 from imagekit.errors import AuthError, PushError
 from imagekit.layers import FORMATS, get_format, read_export
@@ -203,49 +203,6 @@ def test_auth_never_shows_secrets():
     assert Auth.from_docker({}) is None and Auth.from_docker(None) is None
     reg = Registry("r.example.com", a)
     assert reg.redact("x s3cret-pw y YWxpY2U6czNjcmV0LXB3 z") == "x *** y *** z"
-
-
-class FakeResponse:
-    def __init__(self, status: int, headers: dict | None = None, body: dict | None = None):
-        self.status_code, self.headers, self.reason = status, headers or {}, ""
-        self._body = body
-
-    def json(self):
-        if self._body is None:
-            raise ValueError("no body")
-        return self._body
-
-    def iter_content(self, size):
-        if self._body is not None:
-            yield json.dumps(self._body).encode()
-
-    @property
-    def content(self) -> bytes:
-        return getattr(self, "_content", b"")
-
-    def close(self):
-        pass
-
-
-class FakeSession:
-    """Answers from a script; records where each request went and its headers."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.sent: list[tuple[str, str, dict]] = []
-        self.auth = None
-        self.headers: dict = {}
-
-    def request(self, method, url, headers=None, **kw):
-        self.sent.append((method, url, dict(headers or {})))
-        return self.answers(method, url, headers or {}, kw)
-
-
-def registry_with(answers, host="reg.example.com", auth=None, clock=None) -> tuple[Registry, FakeSession]:
-    reg = Registry(host, auth, **({"clock": clock} if clock else {}))
-    s = FakeSession(answers)
-    reg._local = types.SimpleNamespace(session=s)    # the same session in every thread
-    return reg, s
 
 
 def test_credentials_go_to_the_registry_and_its_own_realm_only():

@@ -7,6 +7,7 @@ every token itself), and a TCP proxy that counts the bytes a client sends."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.server
 import json
@@ -18,8 +19,10 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 
 ISSUER = "imagekit-test-issuer"
@@ -270,5 +273,22 @@ def environment_ok() -> str:
     return ", ".join(missing)
 
 
+@contextlib.contextmanager
+def basic_registry(root: Path, user: str, password: str) -> Iterator[Registry]:
+    """A started Registry taking USER / PASSWORD (htpasswd), its files under
+    ROOT, removed at the end; the test fails when the tools are missing."""
+    missing = environment_ok()
+    if missing:
+        pytest.fail(f"these tests need {missing} (apt-get install docker-registry apache2-utils; "
+                    "make engine installs them)")
+    htpasswd(root / "htpasswd", user, password)
+    (root / "reg").mkdir()
+    try:
+        with Registry(root / "reg", htpasswd_file=root / "htpasswd") as r:
+            yield r
+    finally:
+        remove_tree(root)
+
+
 __all__ = ["Registry", "TokenIssuer", "CountingProxy", "free_port", "htpasswd", "remove_tree",
-           "environment_ok"]
+           "environment_ok", "basic_registry"]

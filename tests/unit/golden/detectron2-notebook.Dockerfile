@@ -1,12 +1,16 @@
 # Rendered by imagekit 0.1.0 from images/detectron2-notebook/image.yaml - edit the spec, not this file.
 FROM detectron2-base:v1.0
+# every file a RUN step writes gets this time (partials/reproducible.j2)
+ARG SOURCE_DATE_EPOCH=315532800
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # JupyterLab for notebook work; the platform passes its base URL in PUMPKIN_JPY_BASE_URL or NB_PREFIX
-RUN pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 --target /tmp/uv uv==0.13.9 \
+RUN touch /dev/shm/imagekit-step && sleep 0.02 && pip install --no-cache-dir --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 --target /tmp/uv uv==0.13.9 \
  && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links http://127.0.0.1:17311/ --trusted-host 127.0.0.1 torch==2.13.0 jupyterlab==4.6.6 \
- && rm -rf /tmp/uv
+ && rm -rf /tmp/uv \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+
 LABEL org.opencontainers.image.title="detectron2-notebook" \
       org.opencontainers.image.description="JupyterLab notebook image built FROM detectron2-base" \
       org.opencontainers.image.version="v1.0" \

@@ -1,5 +1,7 @@
 # Rendered by imagekit 0.1.0 from images/ocr-cpu/image.yaml - edit the spec, not this file.
 FROM imagekit/base:bookworm
+# every file a RUN step writes gets this time (partials/reproducible.j2)
+ARG SOURCE_DATE_EPOCH=315532800
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -7,19 +9,26 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Python 3.11 in a virtual environment at /opt/venv
-RUN --network=none python3 -m venv /opt/venv \
- && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+# Python 3.11 in a virtual environment at /opt/venv (made by the framework's step)
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
 # TensorFlow 2.21.0 (CPU)
-RUN --mount=type=bind,from=wheels-framework,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+RUN --mount=type=bind,from=wheels-framework,target=/wheels --network=none touch /dev/shm/imagekit-step && sleep 0.02 && python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'" \
+ && pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
  && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels tensorflow==2.21.0 \
- && rm -rf /tmp/uv
+ && rm -rf /tmp/uv \
+ && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 ENV TF_CPP_MIN_LOG_LEVEL=1
 
 ENV OCR_DATA_DIR="/data/data"
+
+# the folders made here, not by WORKDIR or COPY, which would give them the time of the build
+RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && mkdir -p /opt/ocr \
+ && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 WORKDIR /opt/ocr
 
@@ -27,8 +36,10 @@ WORKDIR /opt/ocr
 COPY code/ /opt/ocr/
 
 # `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
-RUN --network=none printf '%s\n' '#!/bin/sh' 'cd /opt/ocr || exit 1' 'exec "python" "tools/train_shadownet.py" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
- && chmod 755 /usr/local/bin/train
+RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && printf '%s\n' '#!/bin/sh' 'cd /opt/ocr || exit 1' 'exec "python" "tools/train_shadownet.py" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train \
+ && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 LABEL org.opencontainers.image.title="ocr-cpu" \
       org.opencontainers.image.description="CRNN text-line OCR training with TensorFlow (CPU)" \

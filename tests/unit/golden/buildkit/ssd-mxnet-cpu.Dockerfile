@@ -1,5 +1,7 @@
 # Rendered by imagekit 0.1.0 from images/ssd-mxnet-cpu/image.yaml - edit the spec, not this file.
 FROM imagekit/base:bookworm
+# every file a RUN step writes gets this time (partials/reproducible.j2)
+ARG SOURCE_DATE_EPOCH=315532800
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -8,22 +10,32 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # System packages (mxnet runtime libraries): from the Debian mirror, the one step with the network
-RUN apt-get update \
+RUN touch /dev/shm/imagekit-step && sleep 0.02 && apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 libquadmath0 libgfortran5 \
  && apt-get clean \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+ && find /var/log /var/cache/ldconfig -type f -newer /dev/shm/imagekit-step -exec truncate -s 0 {} + \
+ && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
-# Python 3.11 in a virtual environment at /opt/venv
-RUN --network=none python3 -m venv /opt/venv \
- && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'"
+# Python 3.11 in a virtual environment at /opt/venv (made by the framework's step)
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
 # MXNet 1.9.1 (CPU); numpy<1.24 because it still uses np.bool
-RUN --mount=type=bind,from=wheels-framework,target=/wheels --network=none pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
+RUN --mount=type=bind,from=wheels-framework,target=/wheels --network=none touch /dev/shm/imagekit-step && sleep 0.02 && python3 -m venv /opt/venv \
+ && /opt/venv/bin/python -c "import sys; assert sys.version.startswith('3.11.'), 'base has Python ' + sys.version.split()[0] + ', spec wants 3.11'" \
+ && pip install --no-cache-dir --no-index --find-links /wheels --target /tmp/uv uv==0.13.9 \
  && /tmp/uv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-index --find-links /wheels mxnet==1.9.1 'numpy<1.24' \
- && rm -rf /tmp/uv
+ && rm -rf /tmp/uv \
+ && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 ENV MXNET_CUDNN_AUTOTUNE_DEFAULT=0
+
+# the folders made here, not by WORKDIR or COPY, which would give them the time of the build
+RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && mkdir -p /opt/ssd \
+ && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 WORKDIR /opt/ssd
 
@@ -31,8 +43,10 @@ WORKDIR /opt/ssd
 COPY code/ /opt/ssd/
 
 # `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
-RUN --network=none printf '%s\n' '#!/bin/sh' 'cd /opt/ssd || exit 1' 'exec "python" "train.py" "--batch-size" "32" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
- && chmod 755 /usr/local/bin/train
+RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && printf '%s\n' '#!/bin/sh' 'cd /opt/ssd || exit 1' 'exec "python" "train.py" "--batch-size" "32" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train \
+ && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 LABEL org.opencontainers.image.title="ssd-mxnet-cpu" \
       org.opencontainers.image.description="SSD-style detection training with MXNet Gluon (CPU)" \
