@@ -43,7 +43,7 @@ def test_a_locked_build_installs_exactly_the_lock(session_project, base_image, d
     try:
         r = project.run("lock", name, timeout=600)
         assert r.code == 0, r.output[-3000:]
-        assert f"wrote images/{name}/requirements.lock" in r.stdout, r.output
+        assert f"wrote {project.root}/images/{name}/requirements.lock" in r.stdout, r.output
         lock_file = project.root / "images" / name / "requirements.lock"
         locked = _lock_entries(lock_file.read_text())
         assert {"mxnet", "numpy", "six", "pip"} <= set(locked)
@@ -76,7 +76,7 @@ def test_a_locked_build_installs_exactly_the_lock(session_project, base_image, d
         error = r.stderr.strip().splitlines()[0]
         assert "build failed at step" in error, error
         assert error.endswith(f"the wheel of six==1.17.0 does not have the sha256 the lock gives "
-                              f"it (images/{name}/requirements.lock)"), error
+                              f"it ({project.root}/images/{name}/requirements.lock)"), error
         assert "Traceback" not in r.stderr
     finally:
         remove_image(docker_api, ref)
