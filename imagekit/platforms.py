@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
+from . import matrix
 from .errors import ConfigError, UsageError
 from .spec import AbsPath, EnvName, FieldProblem, Strict, Text, format_errors, problems_error
 
@@ -110,7 +110,7 @@ def _validate(data: object, where: str) -> dict[str, Profile]:
 
 
 def shipped() -> dict[str, Profile]:
-    return _validate(yaml.safe_load(SHIPPED.read_text()), "platforms.yaml")
+    return _validate(matrix.read_yaml(SHIPPED.read_text()), "platforms.yaml")
 
 
 def profiles(project) -> dict[str, Profile]:
