@@ -82,7 +82,8 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
             stack.enter_context(fetch.serve(project.wheelhouse, project.config.pip.port))
             network = "host"
         elif project.wheelhouse is not None:
-            contexts = yield from fetch.wheel_contexts(plan, project, locked)
+            contexts = yield from fetch.wheel_contexts(plan, project,
+                                                       lock.step_wants(plan, project, locked))
         try:
             for item in builder.build(ctx, refs[0], network_mode=network, nocache=nocache,
                                       contexts=contexts, cache_to=to, cache_from=since,

@@ -376,8 +376,8 @@ def fetch_(names: Names = None, all_: AllOpt = False) -> None:
     from . import fetch, lock
     project = state.project
     plans = _plans(project, _names(project, names, all_))
-    _show(itertools.chain.from_iterable(fetch.fetch(p, project, lock.check(p, project))
-                                        for p in plans))
+    _show(itertools.chain.from_iterable(
+        fetch.fetch(p, project, lock.wanted(p, project, lock.check(p, project))) for p in plans))
 
 
 @app.command()
@@ -446,7 +446,7 @@ def build(
     def before(plan: Plan) -> Iterator[Event]:
         if plan.parent is None:
             yield from base.ensure(project, engine, project.map_base(plan.base_image))
-        yield from fetch.ensure(plan, project, lock.check(plan, project))
+        yield from fetch.ensure(plan, project, lock.wanted(plan, project, lock.check(plan, project)))
 
     if check_reproducible:
         _check_reproducible(plans, project, builder, before)

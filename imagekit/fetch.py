@@ -34,7 +34,6 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -45,9 +44,6 @@ from .config import Project
 from .errors import FetchError, Interrupted
 from .events import Event, FetchResult, Info, Log, Progress, Warn
 from .spec import Plan, display_path
-
-if TYPE_CHECKING:
-    from .lock import Lock
 
 META = ".imagekit"            # inside the wheelhouse: lock, stamps, private download folders
 STAMP_FORMAT = 1
@@ -115,11 +111,7 @@ class Wanted:
         return self.fixes.get(name, self.fix)
 
 
-def wanted(plan: Plan, project: Project, locked: Lock | None = None) -> Wanted:
-    """What the image installs; with LOCKED (its requirements.lock), exactly
-    the locked versions."""
-    if locked is not None:
-        return _locked_wanted(plan, project, locked, list(locked.packages))
+def wanted(plan: Plan, project: Project) -> Wanted:
     reqs = [r for r in requirements(plan) if not _is_url(r)]
     fixes: dict[str, str] = {}
     for r in plan.variant.pip:
@@ -143,22 +135,7 @@ def wanted(plan: Plan, project: Project, locked: Lock | None = None) -> Wanted:
         fixes=fixes, fix=f"fix the requirements in {_spec_file(plan)}")
 
 
-def _locked_wanted(plan: Plan, project: Project, locked: Lock, packages: list) -> Wanted:
-    where = display_path(locked.path)
-    reqs = [f"{p.name}=={p.version}" for p in packages]
-    installer = matrix.load().get("installer")
-    if installer:
-        reqs.append(installer)
-    fix = (f"{where} pins it; put that wheel in the wheelhouse, or run `imagekit lock "
-           f"{plan.name}` to lock what can be had")
-    return Wanted(
-        image=plan.name, requirements=tuple(reqs), target_args=tuple(platform_args(plan)),
-        target=f"Python {plan.python} on manylinux x86_64 (glibc {plan.variant.glibc})",
-        index_url=project.config.pip.index_url, extra_index_url=plan.variant.pip_index,
-        fix=fix)
-
-
-def ensure(plan: Plan, project: Project, locked: Lock | None = None) -> Iterator[Event]:
+def ensure(plan: Plan, project: Project, w: Wanted | None = None) -> Iterator[Event]:
     """Make sure the project's wheelhouse can satisfy every requirement of
     this image (and its parents) for its Python and platform; download only
     what is missing. Quick and offline when nothing is: a stamp lookup, else
@@ -175,7 +152,7 @@ def ensure(plan: Plan, project: Project, locked: Lock | None = None) -> Iterator
         if _is_url(r):
             yield Warn(plan.name, f"{r!r} is installed from its URL at build time; "
                                   "it needs the network then")
-    yield from ensure_wheels(wanted(plan, project, locked), wheelhouse)
+    yield from ensure_wheels(w or wanted(plan, project), wheelhouse)
 
 
 # `imagekit fetch` is the same check made explicitly (to prepare an air-gapped machine).
@@ -476,12 +453,12 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def step_wants(plan: Plan, project: Project, locked: Lock | None = None) -> dict[str, Wanted]:
+def step_wants(plan: Plan, project: Project) -> dict[str, Wanted]:
     """What each install step of this image's Dockerfile installs (render.py's
     INSTALL_STEPS: the framework, JupyterLab, the spec's other packages), each
     with the installer: the requirement set whose wheels that step's build
-    context holds. Only the steps this image's Dockerfile has. With LOCKED:
-    each step's share of the lock, every package pinned."""
+    context holds. Only the steps this image's Dockerfile has (a locked
+    image's: lock.step_wants)."""
     full = wanted(plan, project)
     installer = matrix.load().get("installer")
     out = {}
@@ -491,8 +468,7 @@ def step_wants(plan: Plan, project: Project, locked: Lock | None = None) -> dict
             continue
         if installer and installer not in reqs:
             reqs.append(installer)
-        out[step] = replace(full, requirements=tuple(reqs)) if locked is None else \
-            _locked_wanted(plan, project, locked, locked.step(step))
+        out[step] = replace(full, requirements=tuple(reqs))
     return out
 
 
@@ -538,16 +514,21 @@ def wheel_set(w: Wanted, wheelhouse: Path) -> Path:
     return final
 
 
-def wheel_contexts(plan: Plan, project: Project, locked: Lock | None = None) -> Iterator[Event]:
+def wheels_context(step: str) -> str:
+    """The named build context that holds install step STEP's wheels."""
+    return f"wheels-{step}"
+
+
+def wheel_contexts(plan: Plan, project: Project,
+                   steps: dict[str, Wanted] | None = None) -> Iterator[Event]:
     """Each install step's wheel set (resolved offline from the wheelhouse the
     first time, a stamp lookup after), as BuildKit build contexts: yields
     warnings and progress, returns {context name: folder}."""
-    from .render import wheels_context
     out: dict[str, Path] = {}
     wheelhouse = project.wheelhouse
     if wheelhouse is None:
         return out
-    for step, w in step_wants(plan, project, locked).items():
+    for step, w in (steps if steps is not None else step_wants(plan, project)).items():
         for ev in ensure_wheels(w, wheelhouse):
             if not isinstance(ev, (Info, FetchResult)):
                 yield ev

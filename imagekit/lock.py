@@ -125,6 +125,31 @@ def step_requirements(plan: Plan) -> dict[str, list[str]]:
     return steps
 
 
+def wanted(plan: Plan, project: Project, locked: Lock | None) -> fetch.Wanted | None:
+    """What fetch must have for a locked build: every locked package at its
+    version (and the installer); None without a lock (fetch's own resolve)."""
+    return None if locked is None else _wanted(plan, project, locked, list(locked.packages))
+
+
+def step_wants(plan: Plan, project: Project, locked: Lock | None) -> dict | None:
+    """fetch.step_wants for a locked build: each install step's share of the
+    lock, every package pinned; None without a lock."""
+    if locked is None:
+        return None
+    return {step: _wanted(plan, project, locked, locked.step(step))
+            for step in fetch.step_wants(plan, project)}
+
+
+def _wanted(plan: Plan, project: Project, locked: Lock, packages: list) -> fetch.Wanted:
+    reqs = [f"{p.name}=={p.version}" for p in packages]
+    installer = matrix.load().get("installer")
+    if installer:
+        reqs.append(installer)
+    fix = (f"{display_path(locked.path)} pins it; put that wheel in the wheelhouse, or run "
+           f"`imagekit lock {plan.name}` to lock what can be had")
+    return replace(fetch.wanted(plan, project), requirements=tuple(reqs), fixes={}, fix=fix)
+
+
 def lock_path(plan: Plan) -> Path:
     return plan.spec.path.parent / LOCK_FILE
 

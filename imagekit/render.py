@@ -15,6 +15,7 @@ import jinja2
 from . import __version__, matrix
 from .config import Project
 from .errors import SpecError
+from .fetch import wheels_context
 from .lock import Lock, marker_env, source_date_epoch, step_requirements
 from .spec import PLATFORM_MOUNTS, Plan, display_path
 
@@ -128,11 +129,6 @@ def labels(plan: Plan, locked: Lock | None = None) -> dict[str, str]:
 
 
 INSTALL_STEPS = ("framework", "jupyter", "pip")    # the RUN steps that install Python packages
-
-
-def wheels_context(step: str) -> str:
-    """The named build context that holds install step STEP's wheels."""
-    return f"wheels-{step}"
 
 
 def run_prefixes(project: Project, builder: str):

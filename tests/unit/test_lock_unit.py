@@ -162,7 +162,7 @@ def test_a_locked_version_the_wheelhouse_lacks_is_fetched_or_named(mx, tmp_path)
     path = lock.lock_path(plan)
     path.write_text(path.read_text().replace("six==1.17.0 \\", "six==0.0.77 \\"))
     found = lock.read(plan)
-    w = fetch.wanted(plan, proj, found)
+    w = lock.wanted(plan, proj, found)
     assert "six==0.0.77" in w.requirements and "mxnet==1.9.1" in w.requirements
     with pytest.raises(FetchError) as e:
         list(fetch.ensure_wheels(w, tmp_path / "empty-wheelhouse"))
