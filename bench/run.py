@@ -48,7 +48,7 @@ ENGINE_LINE = re.compile(r"\s*(Removing intermediate container|---> |Running in 
 # The pip side of measurement 7: templates/partials/install.j2 as it is without an installer.
 PIP_LINE = ('pip install --no-cache-dir {{ pip_opts }}{% if index %}--extra-index-url {{ index }} {% endif %}'
             '{{ reqs | map("shell") | join(" ") }}')
-PIP_INSTALL = f"{{% macro pip_install(reqs, index=none) -%}}\n{PIP_LINE}\n{{%- endmacro %}}\n"
+PIP_INSTALL = f"{{% macro pip_install(reqs, index=none, step=none) -%}}\n{PIP_LINE}\n{{%- endmacro %}}\n"
 
 
 class BenchError(Exception):

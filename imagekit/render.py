@@ -249,6 +249,10 @@ def render(plan: Plan, project: Project, builder: str = "classic",
         raise SpecError(f"template {e.name} not found in {where}") from None
     except jinja2.UndefinedError as e:
         raise SpecError(f"template error while rendering {plan.name}: {e.message}") from None
+    except TypeError as e:     # a macro called with arguments it does not take: a project's
+        raise SpecError(           # own partial written for another version of the templates
+            f"template error while rendering {plan.name}: {e} (is a partial of the project's "
+            "templates folder written for another imagekit?)") from None
     lines = [line.rstrip() for line in text.split("\n")]
     out: list[str] = []
     for line in lines:  # collapse runs of blank lines left by skipped blocks

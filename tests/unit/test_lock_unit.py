@@ -235,3 +235,17 @@ def test_a_new_lock_keeps_the_epoch_so_caches_survive(mx):
     proj = load_project(project.root)
     again = _result(lock.make(proj.catalog.resolve("mx"), proj))
     assert again.written and again.added == ["tomli"] and again.epoch == r.epoch
+
+
+def test_a_project_partial_written_for_older_templates_is_one_line(mx):
+    project, _, _, _ = mx
+    partials = project.root / "templates" / "partials"
+    partials.mkdir(parents=True)
+    (partials / "install.j2").write_text(
+        "{% macro pip_install(reqs, index=none) -%}\npip install {{ reqs | join(' ') }}\n"
+        "{%- endmacro %}\n")
+    r = project.run("--json", "render", "mx", "--builder", "buildkit")
+    assert r.code == 3 and "Traceback" not in r.stderr, r.output
+    message = json.loads(r.stderr.strip().splitlines()[-1])["message"]
+    assert message.startswith("template error while rendering mx: macro 'pip_install' takes no "
+                              "keyword argument 'step'"), message

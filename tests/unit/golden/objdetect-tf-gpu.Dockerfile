@@ -27,18 +27,16 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # the folders made here, not by WORKDIR or COPY, which would give them the time of the build
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
 RUN touch /dev/shm/imagekit-step && sleep 0.02 && mkdir -p /opt/objdetect \
+ && printf '%s\n' '#!/bin/sh' 'cd /opt/objdetect || exit 1' 'exec "python" "train.py" "--logtostderr" "--pipeline_config_path=configs/pipeline.config" "--train_dir=/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train \
  && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 WORKDIR /opt/objdetect
 
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/objdetect/
-
-# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
-RUN touch /dev/shm/imagekit-step && sleep 0.02 && printf '%s\n' '#!/bin/sh' 'cd /opt/objdetect || exit 1' 'exec "python" "train.py" "--logtostderr" "--pipeline_config_path=configs/pipeline.config" "--train_dir=/data/output" "$@"' > /usr/local/bin/train \
- && chmod 755 /usr/local/bin/train \
- && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 LABEL org.opencontainers.image.title="objdetect-tf-gpu" \
       org.opencontainers.image.description="TensorFlow object detection from a pipeline config (GPU)" \

@@ -36,18 +36,16 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cufft/lib:/opt/venv/lib/python3.11/site-packages/nvidia/curand/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cusolver/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cuda_nvrtc/lib:/opt/venv/lib/python3.11/site-packages/nvidia/nccl/lib:/opt/venv/lib/python3.11/site-packages/nvidia/nvtx/lib
 
 # the folders made here, not by WORKDIR or COPY, which would give them the time of the build
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
 RUN touch /dev/shm/imagekit-step && sleep 0.02 && mkdir -p /opt/ssd \
+ && printf '%s\n' '#!/bin/sh' 'cd /opt/ssd || exit 1' 'exec "python" "train.py" "--gpus" "0,1" "--batch-size" "32" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train \
  && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 WORKDIR /opt/ssd
 
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/ssd/
-
-# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
-RUN touch /dev/shm/imagekit-step && sleep 0.02 && printf '%s\n' '#!/bin/sh' 'cd /opt/ssd || exit 1' 'exec "python" "train.py" "--gpus" "0,1" "--batch-size" "32" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
- && chmod 755 /usr/local/bin/train \
- && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 LABEL org.opencontainers.image.title="ssd-mxnet-gpu" \
       org.opencontainers.image.description="SSD-style detection training with MXNet Gluon (GPU)" \

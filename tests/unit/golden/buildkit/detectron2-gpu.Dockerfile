@@ -34,7 +34,10 @@ RUN --mount=type=bind,from=wheels-pip,target=/wheels --network=none touch /dev/s
  && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 # the folders made here, not by WORKDIR or COPY, which would give them the time of the build
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
 RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && mkdir -p /opt/detectron2 \
+ && printf '%s\n' '#!/bin/sh' 'cd /opt/detectron2 || exit 1' 'exec "python" "tools/train_net.py" "--config-file" "configs/faster_rcnn_tiny.yaml" "--num-gpus" "1" "OUTPUT_DIR" "/model" "DATASETS.ROOT" "/data/data" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train \
  && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
  && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
@@ -42,12 +45,6 @@ WORKDIR /opt/detectron2
 
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/detectron2/
-
-# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
-RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && printf '%s\n' '#!/bin/sh' 'cd /opt/detectron2 || exit 1' 'exec "python" "tools/train_net.py" "--config-file" "configs/faster_rcnn_tiny.yaml" "--num-gpus" "1" "OUTPUT_DIR" "/model" "DATASETS.ROOT" "/data/data" "$@"' > /usr/local/bin/train \
- && chmod 755 /usr/local/bin/train \
- && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
- && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 LABEL org.opencontainers.image.title="detectron2-gpu" \
       org.opencontainers.image.description="Detectron2-style detection training with PyTorch (GPU)" \

@@ -30,7 +30,10 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 ENV OCR_DATA_DIR="/data/data"
 
 # the folders made here, not by WORKDIR or COPY, which would give them the time of the build
+# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
 RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && mkdir -p /opt/ocr \
+ && printf '%s\n' '#!/bin/sh' 'cd /opt/ocr || exit 1' 'exec "python" "tools/train_shadownet.py" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
+ && chmod 755 /usr/local/bin/train \
  && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
  && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
@@ -38,12 +41,6 @@ WORKDIR /opt/ocr
 
 # Training code: the last layer, the only one a code change rebuilds
 COPY code/ /opt/ocr/
-
-# `docker run IMAGE train` (how SageMaker starts a training job) runs train.command
-RUN --network=none touch /dev/shm/imagekit-step && sleep 0.02 && printf '%s\n' '#!/bin/sh' 'cd /opt/ocr || exit 1' 'exec "python" "tools/train_shadownet.py" "--data-dir" "/data/data" "--output-dir" "/data/output" "$@"' > /usr/local/bin/train \
- && chmod 755 /usr/local/bin/train \
- && touch -h -d "@$SOURCE_DATE_EPOCH" /etc \
- && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname -o -path /wheels \) -prune -o -newer /dev/shm/imagekit-step -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 LABEL org.opencontainers.image.title="ocr-gpu" \
       org.opencontainers.image.description="CRNN text-line OCR training with TensorFlow (GPU)" \
