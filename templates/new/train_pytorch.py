@@ -8,6 +8,7 @@ over gloo, rank 0 writing the checkpoint."""
 
 import argparse
 import os
+import sys
 
 import torch
 
@@ -64,4 +65,7 @@ if rank == 0:
     torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     print(f"saved checkpoint at step {step}")
 if world > 1:
+    torch.distributed.barrier()     # rank 0 has saved: the ranks leave together
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)   # gloo's threads can abort the interpreter's teardown (SIGABRT, exit 134)
