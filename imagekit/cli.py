@@ -19,7 +19,7 @@ import typer
 
 from . import __version__, matrix, records, reference, targets
 from .config import Project, load_project
-from .display import Display, error, out
+from .display import Display, error
 from .engine import Engine
 from .errors import (
     BuildError,
@@ -612,8 +612,8 @@ def new(
                          "digits and single '.', '_' or '-' between them, at most 128")
     project = state.project
     folder = scaffold(project, name, framework.value, device.value, version, python)
-    out.print(f"created {folder}/image.yaml and code/train.py")
-    out.print(f"next: imagekit build {name} --smoke")
+    print(f"created {folder}/image.yaml and code/train.py")
+    print(f"next: imagekit build {name} --smoke")
 
 
 @base_app.command("bootstrap")

@@ -1,19 +1,18 @@
 """The one place that turns events into output: a live rich view on a
-terminal, plain lines otherwise, or JSON lines with --json."""
+terminal, plain lines otherwise, or JSON lines with --json. rich is loaded
+only for the live view and for errors: plain and JSON output print by
+themselves, so a verb whose output goes to a pipe does not pay for it at its
+start."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from .events import (
     BaseResult,
@@ -48,8 +47,34 @@ from .events import (
 from .peer import redact, shown
 from .reference import printable
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def console(stderr: bool = False):
+    """rich's console for stdout (`out`) or stderr (`err`), made on first use."""
+    name = "err" if stderr else "out"
+    made = globals().get(name)
+    if made is None:
+        from rich.console import Console
+        made = Console(stderr=True, highlight=False, soft_wrap=True) if stderr else \
+            Console(highlight=False)
+        globals()[name] = made
+    return made
+
+
+def __getattr__(name: str):
+    if name in ("out", "err"):
+        return console(stderr=name == "err")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# what makes rich treat a stream that is not a terminal as one
+_FORCED = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+def stdout_is_terminal() -> bool:
+    """What rich's console would say, without loading rich for a pipe."""
+    if not sys.stdout.isatty() and not any(os.environ.get(k) for k in _FORCED):
+        return False
+    return console().is_terminal
 
 
 # What a build or a container prints is shown, not obeyed: escape sequences
@@ -80,18 +105,20 @@ class Display:
 
     def __init__(self, mode: str = "auto", verbose: bool = False, top: int = 5):
         if mode == "auto":
-            mode = "rich" if out.is_terminal else "plain"
+            mode = "rich" if stdout_is_terminal() else "plain"
         self.mode = mode
         self.verbose = verbose
         self.top = top
         self.rows: dict[str, _Row] = {}
         self.progress: dict[tuple[str, str], tuple[int, int, str]] = {}
         self.progress_printed: dict[tuple[str, str], float] = {}
-        self.live: Live | None = None
+        self.live = None
 
     def __enter__(self) -> Display:
         if self.mode == "rich":
-            self.live = Live(self._render(), console=out, refresh_per_second=8, transient=True)
+            from rich.live import Live
+            self.live = Live(self._render(), console=console(), refresh_per_second=8,
+                             transient=True)
             self.live.__enter__()
         return self
 
@@ -163,7 +190,8 @@ class Display:
         if self.mode == "plain":
             print(text, flush=True)
         elif always:
-            (self.live.console if self.live else out).print(Text(text, style=style))
+            from rich.text import Text
+            (self.live.console if self.live else console()).print(Text(text, style=style))
 
     def _progress(self, ev: Progress) -> None:
         key = (ev.image, ev.item)
@@ -390,15 +418,19 @@ class Display:
             for row in rows:
                 print("\t".join(row), flush=True)
             return
+        from rich.table import Table
         table = Table(*columns, title=title)
         for c in table.columns:
             c.overflow = "fold"
         for row in rows:
             table.add_row(*row)
-        (self.live.console if self.live else out).print(table)
+        (self.live.console if self.live else console()).print(table)
 
     # -- live view -----------------------------------------------------------
     def _render(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
         table = Table.grid(padding=(0, 2))
         now = time.monotonic()
         for name, row in self.rows.items():
@@ -455,6 +487,8 @@ def error(message: str, details: list[str] | None = None, *, as_json: bool = Fal
                                  "details": [_cut(d) for d in details or []]})),
               file=sys.stderr, flush=True)
         return
+    from rich.text import Text
+    err = console(stderr=True)
     err.print(Text(shown(f"imagekit: {_cut(message)}"), style="bold red"))
     for d in details or []:
         err.print(Text(shown(f"  {_cut(d)}"), style="dim"))

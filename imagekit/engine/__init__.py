@@ -9,9 +9,10 @@
   them by `dockerpy`).
 
 Stages import from here; nothing outside this package imports docker or
-parses buildx's output."""
+parses buildx's output. The buildx module is loaded when one of its names
+is first asked for: a verb that builds nothing (push, save, load) does not
+pay for it at its start."""
 
-from .buildx import CLI_PLUGIN_DIRS, Buildx, BuildxBuilder, RawJson, choose, find_buildx
 from .dockerpy import ClassicBuilder, Engine, endpoint, identity_of
 from .types import (
     BUILDKIT,
@@ -40,3 +41,13 @@ __all__ = ["BUILDKIT", "BUILDKIT_SINCE", "CLASSIC", "CLI_PLUGIN_DIRS", "HINT", "
            "choose",
            "EngineFacts", "ImageInfo", "LayerProgress", "PushDone", "PushItem", "RunAs", "endpoint",
            "find_buildx", "identity_of"]
+
+
+_BUILDX = ("CLI_PLUGIN_DIRS", "Buildx", "BuildxBuilder", "RawJson", "choose", "find_buildx")
+
+
+def __getattr__(name: str):
+    if name in _BUILDX:
+        from . import buildx
+        return getattr(buildx, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

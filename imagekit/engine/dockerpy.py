@@ -97,11 +97,11 @@ PROBE_BYTES = 64 * 1024     # of an answer to `check`'s requests, at most, are r
 _PROBE_VERSION = docker.constants.MINIMUM_DOCKER_API_VERSION
 
 
-def check(api: docker.APIClient, where: str, limit: float = CONNECT_TIMEOUT) -> str:
+def check(api: docker.APIClient, where: str, limit: float = CONNECT_TIMEOUT) -> dict:
     """Whether API's server answers as a Docker engine within LIMIT seconds,
     all requests together: GET /_ping says OK, GET /version is a JSON object
     with ApiVersion and Version, and a ping at that API version is taken.
-    Returns its API version. Raises EngineUnavailable when the server answers
+    Returns its /version answer. Raises EngineUnavailable when the server answers
     as something else (its words, through peer_text), and docker-py's and
     requests' errors (`_unreachable` words them) when it does not answer."""
     found: dict[str, Any] = {}
@@ -133,7 +133,7 @@ def check(api: docker.APIClient, where: str, limit: float = CONNECT_TIMEOUT) -> 
         api._version = api_version
         if not _ping(api, left()):
             raise _not_docker(where, f"a ping at API {api_version} was refused", b"")
-        found["version"] = api_version
+        found["version"] = version
 
     # every request has the time left, and a server that drips its answer byte
     # by byte (each read within the timeout) is cut off at the deadline too
@@ -274,6 +274,7 @@ class Engine:
         self.where = where or _where()
         self.context = context
         self._facts: EngineFacts | None = None
+        self._version: dict | None = None     # /version, as connect's check read it
 
     @classmethod
     def connect(cls, timeout: int = 600, url: str | None = None) -> Engine:
@@ -290,8 +291,10 @@ class Engine:
                 api = _ssh_client(base, timeout)
             else:
                 api = docker.APIClient(version=_PROBE_VERSION, timeout=timeout, **params)
-            api._version = check(api, where, limit)
+            version = check(api, where, limit)
+            api._version = version["ApiVersion"]
             engine = cls(api, where, context)
+            engine._version = version
             engine.sweep()       # what a process that died with the engine could not remove
         except EngineUnavailable:
             raise
@@ -315,7 +318,7 @@ class Engine:
         """Version, API, image store, builders, GPU runtime (asked once)."""
         if self._facts is None:
             info = self._call(self.api.info)
-            ver = self._call(self.api.version)
+            ver = self._version or self._call(self.api.version)
             status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
             runtimes = info.get("Runtimes") or {}
             cdi = [d for d in info.get("DiscoveredDevices") or []

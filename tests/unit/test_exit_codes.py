@@ -7,7 +7,9 @@ is one JSON error object on stderr with --json, and no traceback."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -191,3 +193,45 @@ def test_the_command_exits_with_mains_code_after_flushing(monkeypatch, capsys, p
     monkeypatch.setattr(sys, "argv", ["imagekit", "-C", str(project.root), "list"])
     with pytest.raises(RuntimeError, match="planted bug"):
         cli.run()
+
+
+def _start(args: list[str], env: dict[str, str], after: str = "") -> subprocess.CompletedProcess:
+    """imagekit's entry point (imagekit.start:run, what the installed command
+    calls) in a fresh interpreter, output piped; AFTER runs in place of its
+    final os._exit."""
+    code = ("import os, sys\n"
+            f"sys.argv = ['imagekit'] + {args!r}\n"
+            "leave = os._exit\n"
+            "def ended(code):\n"
+            f"    {after or 'pass'}\n"
+            "    sys.stdout.flush(); sys.stderr.flush(); leave(code)\n"
+            "import imagekit.cli\n"
+            "imagekit.cli.os._exit = ended\n"
+            "from imagekit.start import run\n"
+            "run()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_the_entry_point_runs_the_command_and_loads_no_rich_for_a_pipe(tmp_path):
+    """`imagekit` exits with the verb's code; a verb whose output goes to a pipe
+    does not load rich (the live view's library), an error still reads as one
+    line; the cyclic collector is back on for the verb's own work; pydantic's
+    plugin search is off unless the user set it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYDANTIC_DISABLE_PLUGINS",
+                                                             "FORCE_COLOR", "TTY_COMPATIBLE",
+                                                             "TTY_INTERACTIVE")}
+    report = ("import gc; print('rich' in sys.modules, gc.isenabled(), "
+              "os.environ.get('PYDANTIC_DISABLE_PLUGINS'), file=sys.stderr)")
+    done = _start(["-C", str(tmp_path), "matrix"], env, report)
+    assert done.returncode == 0, done.stderr
+    assert "tensorflow" in done.stdout
+    assert done.stderr.strip() == "False True __all__"
+    done = _start(["-C", str(tmp_path), "--json", "matrix"], {**env, "PYDANTIC_DISABLE_PLUGINS":
+                                                               "logfire"}, report)
+    assert done.returncode == 0 and done.stdout.startswith("{")
+    assert done.stderr.strip() == "False True logfire"
+    done = _start(["-C", str(tmp_path), "push", "--username", "u"], env)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("imagekit: --username needs --password-stdin")
