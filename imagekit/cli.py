@@ -3,7 +3,6 @@
 events to the display. Errors are raised deep down and printed here, once, as
 one line (one JSON object on stderr with --json)."""
 
-from __future__ import annotations
 
 import itertools
 import os

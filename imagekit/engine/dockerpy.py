@@ -340,19 +340,18 @@ class Engine:
         compresses nothing. Only the containerd store keeps layers as they came:
         gzip'd when built or pulled there, uncompressed when loaded from a
         classic store's `docker save`. Its inspect `Size` is what it stores
-        (the blobs), its image list's `Size` adds the unpacked snapshots: stored
-        blobs well under the unpacked size mean compressed layers."""
+        (the blobs), its history's sizes are the layers unpacked: stored blobs
+        well under the unpacked size mean compressed layers. (The image list's
+        `Size`, blobs plus snapshots, says the same, but the engine measures
+        the snapshots for it: four times as slow.)"""
         if not self.facts().layers_stored_compressed:
             return False
         try:
-            raw = self.api.inspect_image(ref)
-            stored = int(raw.get("Size") or 0)
-            listed = [i for i in self.api.images(name=ref) if i.get("Id") == raw.get("Id")] or \
-                [i for i in self.api.images() if i.get("Id") == raw.get("Id")]
-            total = max((int(i.get("Size") or 0) for i in listed), default=0)
-        except (docker.errors.APIError, requests.exceptions.RequestException, ValueError):
+            stored = int(self.api.inspect_image(ref).get("Size") or 0)
+            unpacked = sum(int(h.get("Size") or 0) for h in self.api.history(ref))
+        except (docker.errors.APIError, requests.exceptions.RequestException, ValueError,
+                TypeError, AttributeError):
             return False
-        unpacked = total - stored
         return stored > 0 and unpacked > 0 and stored < 0.8 * unpacked
 
     def image(self, ref: str) -> ImageInfo | None:
