@@ -30,7 +30,7 @@ import threading
 from .errors import PushError
 from .events import AttachedSbom
 from .layers import Blob
-from .registry import Auth, Registry, _repo_path
+from .registry import Auth, Registry, repo_path
 
 CYCLONEDX = "application/vnd.cyclonedx+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
@@ -122,7 +122,7 @@ def attach(reg: Registry, repo: str, tag: str, digest: str, sbom_doc: bytes, *, 
     """Attach SBOM_DOC (CycloneDX JSON bytes) to the image pushed as
     REPO:TAG with manifest DIGEST (REPO as the destination names it; WHERE
     is REGISTRY/REPO for what is shown). Raises PushError naming the step."""
-    repo = _repo_path(reg.host, repo)
+    repo = repo_path(reg.host, repo)
     subject_desc = subject(reg, repo, tag, digest)
     _ensure_blob(reg, repo, EMPTY, EMPTY_DATA)
     _ensure_blob(reg, repo, CYCLONEDX, sbom_doc)

@@ -112,7 +112,7 @@ class Wanted:
 
 
 def wanted(plan: Plan, project: Project) -> Wanted:
-    reqs = [r for r in requirements(plan) if not _is_url(r)]
+    reqs = [r for r in requirements(plan) if not is_url(r)]
     fixes: dict[str, str] = {}
     for r in plan.variant.pip:
         fixes[_canonical(r)] = (f"pick another framework.version in {_spec_file(plan)} "
@@ -149,7 +149,7 @@ def ensure(plan: Plan, project: Project, w: Wanted | None = None) -> Iterator[Ev
         yield FetchResult(plan.name)
         return
     for r in requirements(plan):
-        if _is_url(r):
+        if is_url(r):
             yield Warn(plan.name, f"{r!r} is installed from its URL at build time; "
                                   "it needs the network then")
     yield from ensure_wheels(w or wanted(plan, project), wheelhouse)
@@ -381,7 +381,9 @@ def _have_all(w: Wanted, wheelhouse: Path, started: float, how: str) -> Info:
                          f"{how}, checked in {took_text} ({wheelhouse})")
 
 
-def _stamp_path(wheelhouse: Path, key: str) -> Path:
+def stamp_path(wheelhouse: Path, key: str) -> Path:
+    """Where the record of a resolved requirement set (its key) is kept: the
+    wheels it used, by name, version and file."""
     return wheelhouse / META / "ok" / f"{key}.json"
 
 
@@ -389,7 +391,7 @@ def _stamped(wheelhouse: Path, key: str) -> bool:
     """Whether this requirement set resolved from the wheelhouse before and
     every file it used is still there."""
     try:
-        data = json.loads(_stamp_path(wheelhouse, key).read_text())
+        data = json.loads(stamp_path(wheelhouse, key).read_text())
     except (OSError, ValueError):
         return False
     files = data.get("files") if isinstance(data, dict) else None
@@ -399,7 +401,7 @@ def _stamped(wheelhouse: Path, key: str) -> bool:
 def _stamp(wheelhouse: Path, key: str, w: Wanted, files: list[str]) -> None:
     if not files:
         return
-    path = _stamp_path(wheelhouse, key)
+    path = stamp_path(wheelhouse, key)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"requirements": list(w.requirements),
                                "target": list(w.target_args), "files": files}, indent=1))
@@ -424,7 +426,9 @@ def _strip_marker(req: str) -> str:
     return req.split(";", 1)[0].strip()
 
 
-def _is_url(requirement: str) -> bool:
+def is_url(requirement: str) -> bool:
+    """Whether a requirement names a URL (`pkg @ https://…`): installed from
+    there, never from the wheelhouse or an index."""
     try:
         return bool(Requirement(requirement).url)
     except InvalidRequirement:
@@ -463,7 +467,7 @@ def step_wants(plan: Plan, project: Project) -> dict[str, Wanted]:
     installer = matrix.load().get("installer")
     out = {}
     for step, reqs in plan.install_steps().items():
-        reqs = [r for r in reqs if not _is_url(r)]
+        reqs = [r for r in reqs if not is_url(r)]
         if not reqs:
             continue
         if installer and installer not in reqs:
@@ -480,7 +484,7 @@ def wheel_set(w: Wanted, wheelhouse: Path) -> Path:
     between builds whatever the wheelhouse's path. Call after the set was
     resolved (ensure_wheels); raises FetchError when it was not."""
     try:
-        data = json.loads(_stamp_path(wheelhouse, w.key()).read_text())
+        data = json.loads(stamp_path(wheelhouse, w.key()).read_text())
         files = [str(f) for f in data["files"]]
     except (OSError, ValueError, KeyError, TypeError):
         raise FetchError(f"{w.image}: the wheelhouse ({wheelhouse}) has no resolved set for "

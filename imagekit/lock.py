@@ -390,7 +390,7 @@ def _resolved(plan: Plan, project: Project, folder: Path) -> Iterator[Event]:
     for ev in fetch.ensure_wheels(w, folder):
         if not isinstance(ev, fetch.FetchResult):
             yield ev
-    stamp = json.loads(fetch._stamp_path(folder, w.key()).read_text())
+    stamp = json.loads(fetch.stamp_path(folder, w.key()).read_text())
     return [folder / f for f in stamp["files"]]
 
 
@@ -399,7 +399,7 @@ def make(plan: Plan, project: Project, *, epoch: int | None = None) -> Iterator[
     name = plan.name
     path = lock_path(plan)
     for r in fetch.requirements(plan):
-        if fetch._is_url(r):
+        if fetch.is_url(r):
             raise LockError(f"{name}: {r!r} is installed from its URL; a lock pins packages "
                             f"of the wheelhouse or index only: give it as name==version")
     started = time.monotonic()
@@ -425,7 +425,7 @@ def make(plan: Plan, project: Project, *, epoch: int | None = None) -> Iterator[
         env = marker_env(plan)
         steps: dict[str, set[str]] = {}
         for step, top in step_requirements(plan).items():
-            steps[step] = closure([r for r in top if not fetch._is_url(r)], wheels, env)
+            steps[step] = closure([r for r in top if not fetch.is_url(r)], wheels, env)
         if plan.parent is not None:   # what the parent image installed: this build does not
             steps[PARENT] = {k for k in wheels if not any(k in v for v in steps.values())}
         packages = tuple(

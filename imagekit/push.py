@@ -124,9 +124,8 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
         problem = auth_problem(auth)
         if problem:
             raise AuthError(f"{name}: credentials for {host} from {source} not sent: {problem}")
-    secrets = [creds.password] if creds else []
-    secrets += [str(a.get(k, "")) for a, _ in auths.values() if a
-                for k in ("password", "Password", "IdentityToken", "identitytoken", "auth")]
+    # every credential is now registered with peer.keep_secret (auth_problem, Credentials):
+    # whatever a registry or the engine echoes back is redacted wherever it is shown
 
     sessions, doc = None, b""
     if sbom:
@@ -149,7 +148,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
     try:
         if via == "engine":
             done = yield from _through_engine(engine, name, image_id, dests, auths, retries,
-                                              backoff, sleep, secrets)
+                                              backoff, sleep)
         else:
             from .push_direct import direct  # the own path's modules, only when it runs
             done, fallback, why = yield from direct(engine, name, image_id,
@@ -164,7 +163,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
                 yield Info(name, f"pushing {', '.join(d.ref for d in fallback)} through the "
                                  f"engine instead: {why}")
                 done += yield from _through_engine(engine, name, image_id, fallback, auths,
-                                                   retries, backoff, sleep, secrets)
+                                                   retries, backoff, sleep)
     except KeyboardInterrupt:
         raise Interrupted(f"{name}: push interrupted; a registry shows no tag until its manifest "
                           "is written") from None
@@ -247,7 +246,7 @@ def _untag(engine: EngineAPI, dests: list[Destination]) -> bool:
 
 
 def _through_engine(engine: EngineAPI, name: str, image_id: str, dests: list[Destination],
-                    auths, retries, backoff, sleep, secrets):
+                    auths, retries, backoff, sleep):
     """The engine pushes what is tagged in it: tag, push, and untag again what
     failed. The tags are written down first, so that if this process or the
     engine dies in between, the next connect to that engine removes them."""
@@ -257,7 +256,7 @@ def _through_engine(engine: EngineAPI, name: str, image_id: str, dests: list[Des
     try:
         for d in dests:
             engine.tag(image_id, d.repo, d.tag)
-        done = yield from via_engine(engine, name, dests, auths, retries, backoff, sleep, secrets)
+        done = yield from via_engine(engine, name, dests, auths, retries, backoff, sleep)
     except BaseException:
         if _untag(engine, made):   # else the engine is gone: its next connect removes them
             engine.release_tags(token)

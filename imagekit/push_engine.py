@@ -15,6 +15,7 @@ from .destinations import ENV_PASSWORD, ENV_USER, Destination, Done
 from .engine import EngineAPI, LayerProgress, PushDone
 from .errors import AuthError, EngineUnavailable, ImagekitError, PushError
 from .events import Info, Progress, Warn
+from .peer import redact
 
 BACKOFF_MAX = 30.0
 
@@ -46,20 +47,13 @@ class _Failed(Exception):
         self.message = message
 
 
-def _redact(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
-
-
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
 def via_engine(engine: EngineAPI, name: str, dests: list[Destination],
                auths: dict[str, tuple[dict | None, str]], retries: int, backoff: float,
-               sleep: Callable[[float], None], secrets: list[str]):
+               sleep: Callable[[float], None]):
     """Push every destination at once through the engine; yields progress and
     returns a Done per destination."""
     events: queue.Queue = queue.Queue()
@@ -67,7 +61,7 @@ def via_engine(engine: EngineAPI, name: str, dests: list[Destination],
         auth, source = auths[d.registry]
         threading.Thread(target=_worker, daemon=True,
                          args=(engine, name, d, auth, source, retries, backoff, sleep,
-                               events.put, secrets)).start()
+                               events.put)).start()
     done: list[Done] = []
     while len(done) < len(dests):
         try:
@@ -87,7 +81,7 @@ def via_engine(engine: EngineAPI, name: str, dests: list[Destination],
 
 def _worker(engine: EngineAPI, name: str, d: Destination, auth: dict | None, source: str,
             retries: int, backoff: float, sleep: Callable[[float], None],
-            put: Callable[[object], None], secrets: list[str]) -> None:
+            put: Callable[[object], None]) -> None:
     started = time.monotonic()
     attempt = 0
     while True:
@@ -97,14 +91,14 @@ def _worker(engine: EngineAPI, name: str, d: Destination, auth: dict | None, sou
             put(Done(d, digest, attempt, round(time.monotonic() - started, 2)))
             return
         except _Failed as f:
-            reason = _redact(_one_line(f.message), secrets)
+            reason = redact(_one_line(f.message))
         except EngineUnavailable as e:
             put(Done(d, "", attempt, round(time.monotonic() - started, 2), e))
             return
         except ImagekitError as e:
-            reason = _redact(_one_line(e.message), secrets)
+            reason = redact(_one_line(e.message))
         except Exception as e:  # noqa: BLE001 - reported as this destination's failure
-            reason = _redact(_one_line(f"{type(e).__name__}: {e}"), secrets)
+            reason = redact(_one_line(f"{type(e).__name__}: {e}"))
         kind = classify(reason)
         if kind == "auth":
             hint = f"credentials from {source}" if auth else \

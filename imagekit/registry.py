@@ -134,12 +134,6 @@ class Auth:
         """Why these credentials cannot be sent ("" when they can)."""
         return credential_problem(self.username, self.password, self.identity_token)
 
-    def secrets(self) -> list[str]:
-        out = [s for s in (self.password, self.identity_token) if s]
-        if self.username and self.password:
-            out.append(base64.b64encode(f"{self.username}:{self.password}".encode()).decode())
-        return out
-
 
 @dataclass(frozen=True)
 class Target:
@@ -169,7 +163,9 @@ def _api_host(registry: str) -> str:
     return "registry-1.docker.io" if registry in DOCKER_HUB else registry
 
 
-def _repo_path(registry: str, repository: str) -> str:
+def repo_path(registry: str, repository: str) -> str:
+    """The repository's path in the registry's API: Docker Hub's official
+    images live under `library/`."""
     if registry in DOCKER_HUB and "/" not in repository:
         return f"library/{repository}"
     return repository
@@ -368,7 +364,6 @@ class Registry:
         self._pinged = False
         self._tokens: dict[frozenset, tuple[str, float]] = {}
         self.token_fetches = 0
-        self._secrets = list(auth.secrets()) if auth else []
 
     # -- plumbing
     @property
@@ -384,9 +379,8 @@ class Registry:
         return s
 
     def redact(self, text: str) -> str:
-        for s in self._secrets:
-            if s:
-                text = text.replace(s, "***")
+        """TEXT with every credential imagekit holds written as *** (peer.redact:
+        Auth and each token are registered when they are made)."""
         return redact(text)
 
     def url(self, path_or_url: str) -> str:
@@ -602,7 +596,6 @@ class Registry:
         if not token:
             raise AuthError(f"{self.host}: the token service gave no token")
         keep_secret(token)
-        self._secrets.append(token)
         if len(token) > MAX_TOKEN or not _TOKEN.fullmatch(token):
             bad = _CONTROL.search(token)
             why = f"it contains {char_name(bad.group())}" if bad else \
@@ -824,7 +817,7 @@ class _Dest:
     def __init__(self, target: Target, registry: Registry, holdings: _Holdings, jobs: int):
         self.target = target
         self.ref = target.ref
-        self.repo = _repo_path(target.registry, target.repository)
+        self.repo = repo_path(target.registry, target.repository)
         self.registry = registry
         self.holdings = holdings
         self.pool = ThreadPoolExecutor(jobs, thread_name_prefix="upload")
@@ -867,7 +860,6 @@ class _Push:
             self.dests.append(_Dest(t, self.registries[t.registry], h, jobs))
         self.refs: dict[str, int] = {}
         self.refs_lock = threading.Lock()
-        self.secrets = [s for a in auths.values() if a for s in a.secrets()]
         self.keep = False            # the caller keeps the blobs (to push again from them)
         self.failed_early: list[_Dest] = []
 
@@ -927,7 +919,7 @@ class _Push:
     def _fail(self, d: _Dest, e: ImagekitError) -> None:
         with d.lock:
             if d.error is None:
-                msg = d.registry.redact(_redact(" ".join(e.message.split()), self.secrets))
+                msg = redact(" ".join(e.message.split()))
                 d.error = type(e)(msg) if isinstance(e, PushError) else PushError(msg)
                 d.error.slow = getattr(e, "slow", False)  # type: ignore[attr-defined]
 
@@ -1055,13 +1047,6 @@ class _Push:
             self._fail(d, e)
 
 
-def _redact(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
-
-
 def push(source: Iterable[bytes] | Image, targets: Sequence[Target],
          auths: Mapping[str, Auth | None], *, format: str = "docker",
          expect_diff_ids: Sequence[str] | None = None, workdir: Path | None = None,
@@ -1156,7 +1141,7 @@ def push(source: Iterable[bytes] | Image, targets: Sequence[Target],
             if isinstance(err, ImagekitError):
                 raise err
             raise PushError(f"reading the export failed: {type(err).__name__}: "
-                            f"{_redact(str(err), job.secrets)}") from None
+                            f"{redact(str(err))}") from None
         image = outcome.get("image")
         results = []
         for d in all_dests:
