@@ -283,7 +283,8 @@ class Display:
         if r.bytes_compressed is not None:
             stored = f"; {count(r.layers_as_stored or 0, 'layer')} sent as the engine stored " \
                      "them" if r.layers_as_stored else ""
-            self._line(f"  bytes compressed: {r.bytes_compressed}{stored}", always=True)
+            size = f" ({r.bytes_compressed / 1e6:.0f} MB)" if r.bytes_compressed >= 1e6 else ""
+            self._line(f"  bytes compressed: {r.bytes_compressed}{size}{stored}", always=True)
 
     def _save(self, r: SaveResult) -> None:
         ratio = f", {100 * r.bytes / r.tar_bytes:.0f}% of the tar" if r.tar_bytes else ""

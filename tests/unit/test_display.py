@@ -288,3 +288,14 @@ def test_json_mode_writes_every_event(capsys):
     step, prog = (json.loads(x) for x in capsys.readouterr().out.splitlines())
     assert step == {"event": "step", "image": "x", "index": 1, "total": 2, "instruction": "FROM base"}
     assert prog["event"] == "progress" and prog["current"] == 1
+
+
+@pytest.mark.parametrize("compressed, stored, line", [
+    (2_353_304_576, None, "  bytes compressed: 2353304576 (2353 MB)"),
+    (0, 5, "  bytes compressed: 0; 5 layers sent as the engine stored them"),
+    (512, None, "  bytes compressed: 512"),
+])
+def test_push_says_what_it_compressed(capsys, compressed, stored, line):
+    r = dataclasses.replace(RESULTS[PushResult], bytes_compressed=compressed,
+                            layers_as_stored=stored)
+    assert _plain(capsys, r)[-1] == line
