@@ -55,6 +55,13 @@ def _rmi(docker_api, ref: str) -> None:
         pass
 
 
+def _by_ref(members, *refs: str) -> list[dict]:
+    """The entries of the saved archive's manifest.json, in the order of REFS
+    (`docker save a b` lists its images in no fixed order)."""
+    manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
+    return [next(e for e in manifest if ref in (e.get("RepoTags") or [])) for ref in refs]
+
+
 @pytest.fixture(scope="module")
 def pair(docker_api, tmp_path_factory):
     root = tmp_path_factory.mktemp("load-hostile")
@@ -183,7 +190,7 @@ def test_the_broken_one_changes_nothing_not_even_a_tag_it_would_move(pair, docke
 
 def test_a_zip_of_two_tars(pair, docker_api):
     members = _members(pair.both)
-    manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
+    manifest = _by_ref(members, pair.a, pair.b)
     path = pair.root / "two.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for i, name in enumerate(("a.tar", "b.tar")):
@@ -260,7 +267,7 @@ def test_what_the_engine_does_beyond_the_ask_is_undone(pair, docker_api, how):
     extra = f"{unique('loadhostile-x')}:x"
     single = pair.root / "b-only.tar"
     members = _members(pair.both)
-    manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
+    manifest = _by_ref(members, pair.a, pair.b)
     _retar([(m, d) for m, d in members if m.name not in ("index.json", "repositories")], single,
            lambda m, d: json.dumps([manifest[1]]).encode() if m.name == "manifest.json" else d)
 
