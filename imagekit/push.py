@@ -124,7 +124,7 @@ def push(project: Project, target: ImageTarget, engine: EngineAPI, *,
         problem = auth_problem(auth)
         if problem:
             raise AuthError(f"{name}: credentials for {host} from {source} not sent: {problem}")
-    # every credential is now registered with peer.keep_secret (auth_problem, Credentials):
+    # every credential is registered with peer.keep_secret (auth_problem, Credentials):
     # whatever a registry or the engine echoes back is redacted wherever it is shown
 
     sessions, doc = None, b""

@@ -463,7 +463,7 @@ class Registry:
         if reason == "timed out":
             return (f"nothing moved for {STALL:g}s" if big else
                     f"no answer in time (limits: connect {CONNECT:g}s, answer {ANSWER:g}s)")
-        return reason or f"{type(e).__name__}: {peer_text(redact(self.redact(str(e))), 200)}"
+        return reason or f"{type(e).__name__}: {peer_text(self.redact(str(e)), 200)}"
 
     def ping(self) -> None:
         """GET /v2/: learn how the registry wants to be authenticated. A
