@@ -1,5 +1,5 @@
 """Pushing through the engine (`docker push`): one thread per destination, the
-whole push stream read (a refusal inside it is an error: docker/docker-py#3161),
+whole push stream read (the engine reports a refusal inside it, under a 200),
 then the manifest digest asked back from the registry through the engine.
 Transient failures are retried with backoff; an authentication failure never."""
 

@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import docker
-
 from imagekit.engine import (
     BuildDone,
     BuildItem,
@@ -35,6 +33,7 @@ from imagekit.engine import (
     LayerProgress,
     PushDone,
     PushItem,
+    wire,
 )
 from imagekit.errors import EngineError, EngineStreamError, EngineUnavailable
 
@@ -523,17 +522,17 @@ class FakeEngine:
         return self.registry.get(ref, "")
 
 
-# -- docker-py's low-level client, for testing imagekit.engine.Engine -----------
+# -- the engine's API client, for testing imagekit.engine.Engine -----------------
 
-class FakeDockerAPI(docker.APIClient):
-    """docker.APIClient that never connects: the methods Engine calls answer
-    from scripts (raw wire-format dicts, as docker-py decodes them) and record
-    their arguments in `calls`."""
+class FakeDockerAPI(wire.Api):
+    """wire.Api that never connects: the methods Engine calls answer from
+    scripts (raw wire-format dicts, as the engine's JSON decodes to) and
+    record their arguments in `calls`."""
 
     def __init__(self, *, info: dict | None = None, build: list[dict] | None = None,
                  push: list[dict] | None = None, load: list[dict] | None = None,
-                 images: dict[str, dict] | None = None):
-        super().__init__(base_url="unix:///nonexistent.sock", version="1.41")
+                 images: dict[str, dict] | None = None, version: str = "1.41"):
+        super().__init__(self._no_connection, version=version)
         self._info = info or {}
         self._build = build or []
         self._push = push or []
@@ -541,45 +540,50 @@ class FakeDockerAPI(docker.APIClient):
         self._images = images or {}
         self.calls: list[tuple] = []
 
+    @staticmethod
+    def _no_connection(timeout):
+        raise AssertionError("FakeDockerAPI makes no connection")
+
     def info(self):
         return self._info
 
-    def inspect_image(self, image):
-        if image not in self._images:
-            raise docker.errors.ImageNotFound(f"No such image: {image}")
-        return self._images[image]
+    def inspect_image(self, ref):
+        if ref not in self._images:
+            raise wire.NotFound(404, f"No such image: {ref}")
+        return self._images[ref]
 
-    def build(self, **kw):
+    def build(self, context, **kw):
         self.calls.append(("build", kw))
         yield from self._build
 
-    def push(self, repository, tag=None, **kw):
-        self.calls.append(("push", repository, tag, kw))
+    def push(self, repository, tag, auth_header, platform=None):
+        self.calls.append(("push", repository, tag, {"auth_header": auth_header,
+                                                     "platform": platform}))
         yield from self._push
 
-    def load_image(self, data, quiet=None):
+    def load_image(self, data):
         self.calls.append(("load", b"".join(data) if not isinstance(data, bytes) else data))
         yield from self._load
 
-    def create_container(self, image, **kw):
-        self.calls.append(("create", image, kw))
+    def create_container(self, config, name):
+        self.calls.append(("create", config["Image"], {"name": name, **config}))
         return {"Id": "c0ffee"}
 
-    def start(self, container, *a, **kw):
-        self.calls.append(("start", container))
+    def start(self, cid):
+        self.calls.append(("start", cid))
 
-    def put_archive(self, container, path, data):
-        self.calls.append(("put", container, path))
+    def put_archive(self, cid, path, data):
+        self.calls.append(("put", cid, path))
 
-    def remove_container(self, container, v=False, link=False, force=False):
-        self.calls.append(("remove", container, force))
+    def remove_container(self, cid, *, force=True, v=True):
+        self.calls.append(("remove", cid, force))
 
     def create_network(self, name, **kw):
         self.calls.append(("create_network", name, kw))
         return {"Id": "net0"}
 
-    def remove_network(self, net_id):
-        self.calls.append(("remove_network", net_id))
+    def remove_network(self, net):
+        self.calls.append(("remove_network", net))
 
 
 class NoEngine:

@@ -2,18 +2,21 @@
 
 - `types`: `EngineAPI`, what the stages need from an engine, and the typed
   items its streams become (build steps, layer progress, facts);
-- `dockerpy`: `Engine`, that protocol over docker-py's low-level client;
+- `api`: `Engine`, that protocol over the Docker Engine API;
+- `wire`: the API's HTTP client, on the standard library;
+- `dockerconfig`: where the engine is, and registry credentials, from the
+  environment and the Docker config;
 - `buildx`: the buildx plugin, and BuildKit builds through it;
 - `export`: the one reader of an engine's image export (`docker save`);
 - `ssh`: ssh:// engines through the system's ssh client (loaded only for
-  them by `dockerpy`).
+  them by `api`).
 
-Stages import from here; nothing outside this package imports docker or
+Stages import from here; nothing outside this package speaks to the engine or
 parses buildx's output. The buildx module is loaded when one of its names
 is first asked for: a verb that builds nothing (push, save, load) does not
 pay for it at its start."""
 
-from .dockerpy import ClassicBuilder, Engine, endpoint, identity_of
+from .api import ClassicBuilder, Engine, endpoint, identity_of
 from .types import (
     BUILDKIT,
     BUILDKIT_SINCE,

@@ -369,7 +369,7 @@ def choose(engine, requested: str = "auto", *, buildx: Buildx | None = None,
     images land in its own engine (docker driver) or are loaded into
     `engine` (other drivers). Raises EngineError (one line) for a builder
     that cannot be had."""
-    from .dockerpy import ClassicBuilder, Engine
+    from .api import ClassicBuilder, Engine
     if requested == CLASSIC:
         return ClassicBuilder(engine, "asked for (--builder classic or [build] builder)")
     facts = engine.facts()

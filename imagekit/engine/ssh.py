@@ -4,9 +4,8 @@ and HTTP spoken over that process's stdin and stdout.
 
 Each HTTP connection is one ssh process. Its stdin and stdout are one end of a
 `socket.socketpair()`; imagekit holds the other end, an ordinary socket, so the
-request timeouts bound every read as they do on a TCP engine (docker-py's own
-shell-out transport reads pipes, where they do not apply, and its paramiko
-transport needs a package imagekit does not install). The process is stopped
+request timeouts bound every read as they do on a TCP engine (they would not
+apply to reads from pipes). The process is stopped
 (SIGTERM) and reaped when its connection's socket closes for good, or when
 the socket is dropped. (The command line ends with os._exit: there the kernel
 closes imagekit's ends, and each ssh, at the end of its input, ends as soon
@@ -23,8 +22,8 @@ is given up after ALIVE_INTERVAL * ALIVE_COUNT seconds), `-l USER` and
 `-F CONFIG`, `-i KEY`, `-o UserKnownHostsFile=…`). ssh keeps the first value
 it is given for an option, so imagekit's four `-o` options stay as they are.
 
-Only this module knows ssh's command line; `dockerpy` mounts `SshAdapter`
-on docker-py's client."""
+Only this module knows ssh's command line; `api` gives `wire.Api` its
+`connection_factory`."""
 
 from __future__ import annotations
 
@@ -35,18 +34,14 @@ import shlex
 import socket
 import subprocess
 import tempfile
-import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-import requests.adapters
-import requests.exceptions
-import urllib3.connection
-import urllib3.connectionpool
-
 from ..peer import peer_text
+from .wire import BLOCK, ConnectFailed
 
 OPTIONS_ENV = "IMAGEKIT_SSH_OPTIONS"
 CONNECT_TIMEOUT = 10       # seconds: ssh's ConnectTimeout (TCP connect, banner, key exchange)
@@ -62,12 +57,12 @@ _NOISE = ("Warning: Permanently added", "debug1:", "debug2:", "debug3:", "Transf
           "Bytes per second:", "Pseudo-terminal will not be allocated", "OpenSSH_")
 
 
-class SshFailed(requests.exceptions.ConnectionError):
+class SshFailed(ConnectFailed):
     """ssh ended before the engine answered; str() is ssh's reason, one line."""
 
 
 class _Ended(OSError):
-    """Raised inside urllib3 where a connection's ssh turned out to be gone."""
+    """ssh could not be started."""
 
 
 @dataclass(frozen=True)
@@ -232,96 +227,39 @@ class _SshSocket(socket.socket):
                 self.ssh.stop()
 
 
-class _Connection(urllib3.connection.HTTPConnection):
+class _Connection(http.client.HTTPConnection):
     """An HTTP connection whose socket is a new ssh process's stdin/stdout."""
 
-    def __init__(self, *args, target: Target, argv: list[str], **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, target: Target, argv: list[str], timeout: float):
+        super().__init__("localhost", timeout=timeout, blocksize=BLOCK)
         self._target = target
         self._argv = argv
         self._ssh: _Ssh | None = None
 
-    def _new_conn(self) -> socket.socket:
-        sock = _spawn(self._target, self._argv)
-        self._ssh = sock.ssh
-        with contextlib.suppress(TypeError, ValueError):
-            sock.settimeout(self.timeout)       # as urllib3 does for the sockets it makes
-        return sock
-
-    def getresponse(self, *args, **kwargs):
+    def connect(self) -> None:
         try:
-            return super().getresponse(*args, **kwargs)
+            sock = _spawn(self._target, self._argv)
+        except _Ended as e:
+            raise SshFailed(str(e)) from None
+        self._ssh = sock.ssh
+        sock.settimeout(self.timeout)
+        self.sock = sock
+
+    def getresponse(self):
+        try:
+            return super().getresponse()
         except (OSError, http.client.HTTPException) as e:
             # a timeout leaves ssh running: nothing to wait for; an end of the
             # stream or a reset means ssh is going: let it say why
             wait = 0.0 if isinstance(e, TimeoutError) else EXIT_WAIT
             reason = self._ssh.ended(wait) if self._ssh is not None else ""
             if reason:
-                raise _Ended(reason) from e
+                raise SshFailed(reason) from e
             raise
 
 
-class _Pool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-
-class SshAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter for BASE_URL: every connection an ssh to TARGET."""
-
-    def __init__(self, target: Target, options: list[str] | None = None,
-                 max_pool_size: int = 10):
-        self.target = target
-        self.argv = command(target, options)
-        self._max_pool_size = max_pool_size
-        self._pool: _Pool | None = None
-        self._lock = threading.Lock()
-        super().__init__()
-
-    def _the_pool(self) -> _Pool:
-        with self._lock:
-            if self._pool is None:
-                self._pool = _Pool("localhost", maxsize=self._max_pool_size,
-                                   target=self.target, argv=self.argv)
-            return self._pool
-
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
-        return self._the_pool()
-
-    def get_connection(self, url, proxies=None):      # requests before 2.32.2
-        return self._the_pool()
-
-    def request_url(self, request, proxies):
-        return request.path_url                        # no proxy stands between
-
-    def send(self, request, *args, **kwargs):
-        try:
-            return super().send(request, *args, **kwargs)
-        except requests.exceptions.ConnectionError as e:
-            ended = _find_ended(e)
-            if ended is None:
-                raise
-            raise SshFailed(str(ended), request=request) from None
-
-    def close(self) -> None:
-        super().close()
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-
-
-def _find_ended(e: BaseException, depth: int = 0) -> _Ended | None:
-    """The _Ended inside E: in its args (urllib3 and requests wrap errors there),
-    its cause or its context."""
-    if isinstance(e, _Ended):
-        return e
-    if depth > 8:
-        return None
-    inner = [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
-    inner += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None))
-              if isinstance(x, BaseException)]
-    for x in inner:
-        found = _find_ended(x, depth + 1)
-        if found is not None:
-            return found
-    return None
+def connection_factory(target: Target, options: list[str] | None = None
+                       ) -> Callable[[float], http.client.HTTPConnection]:
+    """How `wire.Api` opens a connection to TARGET's engine: one ssh each."""
+    argv = command(target, options)
+    return lambda timeout: _Connection(target, argv, timeout)

@@ -1,6 +1,6 @@
 """The engine seam: `EngineAPI`, what the stages need from a container
 engine, and the small typed items its streams are decoded into. Nothing here
-knows a wire format; `dockerpy.Engine` implements the protocol over the
+knows a wire format; `api.Engine` implements the protocol over the
 Docker API, tests/fakes.FakeEngine for unit tests."""
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class EngineAPI(Protocol):
 
 class Builder(Protocol):
     """What turns a build context into an image: the engine's classic builder
-    (dockerpy.ClassicBuilder) or BuildKit through buildx (buildx.BuildxBuilder).
+    (api.ClassicBuilder) or BuildKit through buildx (buildx.BuildxBuilder).
     Both decode their progress into the same BuildItems."""
 
     kind: str                 # CLASSIC or BUILDKIT: which Dockerfile it gets

@@ -11,16 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-import docker
 import pytest
-import requests.exceptions
-import urllib3.exceptions
 from fakes import FakeDockerAPI, FakeEngine, NoEngine
 
 from imagekit import cli
 from imagekit import doctor as doctor_mod
 from imagekit.config import load_project
-from imagekit.engine import Buildx, Engine, EngineFacts, find_buildx
+from imagekit.engine import Buildx, Engine, EngineFacts, find_buildx, wire
 from imagekit.errors import EngineUnavailable
 from imagekit.events import DoctorResult
 
@@ -261,10 +258,10 @@ def test_cli_bad_config_is_a_finding(project, run):
 class VersionedAPI(FakeDockerAPI):
     def __init__(self, *, version: dict, **kw):
         super().__init__(**kw)
-        self._version = version
+        self._version_answer = version
 
-    def version(self, api_version=True):
-        return self._version
+    def version(self):
+        return self._version_answer
 
 
 @pytest.mark.parametrize(("info", "version", "want"), [
@@ -337,12 +334,13 @@ def test_buildx_that_hangs_is_given_up(cli_dirs):
 
 
 def test_a_socket_the_user_may_not_open_is_said_so(monkeypatch):
-    class Denied(docker.APIClient):     # every request, whether or not an engine runs here
-        def _get(self, *args, **kw):
-            raise requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError(
-                "Connection aborted.", PermissionError(13, "Permission denied")))
+    def denied(self, *args, **kw):     # every request, whether or not an engine runs here
+        try:
+            raise PermissionError(13, "Permission denied")
+        except PermissionError as e:
+            raise wire.ConnectFailed(str(e)) from e
 
-    monkeypatch.setattr(docker, "APIClient", Denied)
+    monkeypatch.setattr(wire.Api, "request", denied)
     monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
     with pytest.raises(EngineUnavailable) as e:
         Engine.connect(timeout=5)

@@ -6,6 +6,7 @@ fakes.FakeDockerAPI."""
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 
@@ -101,7 +102,7 @@ def test_build_stream_is_decoded():
                      BuildStep(2, 3, "RUN pip install torch"), BuildCached(),
                      BuildStep(3, 3, "COPY code/ /opt/x/"), BuildOutput("copying"),
                      BuildOutput("second line"), BuildDone("sha256:" + "ab" * 32)]
-    assert api.calls[0][1]["tag"] == "x:v1" and api.calls[0][1]["decode"] is True
+    assert api.calls[0][1]["tag"] == "x:v1" and api.calls[0][1]["nocache"] is False
 
 
 def test_build_stderr_comes_out_without_the_builders_colour_wrapping():
@@ -148,11 +149,13 @@ def test_push_stream_is_decoded_with_the_final_digest():
     items = list(Engine(api).push("reg/x", "v1", {"username": "u", "password": "p"}))
     assert items == [LayerProgress("l1", "Preparing"), LayerProgress("l1", "Pushing", 10, 20),
                      LayerProgress("l1", "Pushed"), PushDone(DIGEST)]
-    assert api.calls[0][3]["auth_config"] == {"username": "u", "password": "p"}
+    sent = api.calls[0][3]["auth_header"]
+    assert json.loads(base64.urlsafe_b64decode(sent)) == {"username": "u", "password": "p"}
+    assert api.calls[0][3]["platform"] is None       # API 1.41 takes none
 
 
 def test_error_item_fails_a_push_although_the_stream_ended_normally():
-    # docker-py returns the stream and never raises: the error is an item in it
+    # the engine's answer is 200 and its stream ends normally: the error is an item in it
     api = FakeDockerAPI(push=[{"status": "Preparing", "progressDetail": {}, "id": "l1"},
                               {"errorDetail": {"message": "manifest invalid: manifest invalid"},
                                "error": "manifest invalid: manifest invalid"},
@@ -169,22 +172,14 @@ def test_push_without_a_digest_leaves_the_digest_to_the_registry():
 
 def test_push_names_the_images_own_platform_where_the_api_takes_it():
     api = FakeDockerAPI(images={"reg/x:v1": {"Id": "sha256:1", "Os": "linux",
-                                             "Architecture": "arm64", "Variant": "v8"}})
-    api._version = "1.47"
-    sent = {}
-
-    def post(url, data, **kw):
-        sent.update(url=url, **kw)
-        return object()
-
-    api._post_json = post
-    api._raise_for_status = lambda r: None
-    api._stream_helper = lambda r, decode: iter(_ok_push())
+                                             "Architecture": "arm64", "Variant": "v8"}},
+                        push=_ok_push(), version="1.47")
     items = list(Engine(api).push("reg/x", "v1", {"username": "u", "password": "p"}))
-    assert sent["url"].endswith("/images/reg/x/push")
-    assert json.loads(sent["params"]["platform"]) == {"os": "linux", "architecture": "arm64",
-                                                      "variant": "v8"}
-    assert sent["params"]["tag"] == "v1" and "X-Registry-Auth" in sent["headers"]
+    (_, repo, tag, sent), = api.calls
+    assert (repo, tag) == ("reg/x", "v1")
+    assert json.loads(sent["platform"]) == {"os": "linux", "architecture": "arm64",
+                                            "variant": "v8"}
+    assert json.loads(base64.urlsafe_b64decode(sent["auth_header"]))["username"] == "u"
     assert isinstance(items[-1], PushDone) and items[-1].digest
 
 

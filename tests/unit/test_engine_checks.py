@@ -1,4 +1,4 @@
-"""Engines checked before use (imagekit.engine.dockerpy `check`) and the ssh://
+"""Engines checked before use (imagekit.engine.api `check`) and the ssh://
 transport (imagekit.engine.ssh), against peers that are not what they claim.
 
 Servers on 127.0.0.1, each in a thread of this process: one that takes the
@@ -35,7 +35,7 @@ import pytest
 from helpers import LAUNCHER, REPO, Run, one_error
 
 from imagekit.engine import ssh
-from imagekit.engine.dockerpy import CONNECT_TIMEOUT, Engine
+from imagekit.engine.api import CONNECT_TIMEOUT, Engine
 from imagekit.errors import EngineUnavailable
 
 BOUND_S = 20            # a failure to connect ends within this (CONNECT_TIMEOUT is 10 s)

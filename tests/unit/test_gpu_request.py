@@ -20,7 +20,7 @@ def _created(gpus: bool):
     with Engine(api).container("img", ["python", "x.py"], name="n", gpus=gpus):
         pass
     create = next(c for c in api.calls if c[0] == "create")
-    return create[2]["host_config"], api.calls
+    return create[2]["HostConfig"], api.calls
 
 
 def test_gpus_all_is_a_device_request():

@@ -3,7 +3,7 @@ private network and N containers with each node's rendezvous variables, its
 host name as its alias, the check script copied in; the ranks' reports
 compared, one line per problem; the network and every container removed on
 every way out. Engine.network and the aliases a container gets on it, over
-docker-py's wire format (FakeDockerAPI)."""
+the API's wire format (FakeDockerAPI)."""
 
 from __future__ import annotations
 
@@ -299,7 +299,7 @@ def test_the_driver_stand_in_goes_to_every_node(tmp_path):
         assert c.env["LD_LIBRARY_PATH"] == "/imagekit/stub"
 
 
-# -- the engine: networks and aliases over docker-py ---------------------------------------
+# -- the engine: networks and aliases over the API ----------------------------------------
 
 def test_engine_network_is_internal_labelled_and_removed():
     api = FakeDockerAPI()
@@ -320,8 +320,8 @@ def test_a_container_joins_its_network_under_its_aliases():
     with eng.container("x:v1", ["true"], name="c1", run_as=run_as):
         pass
     [(_, _, kw)] = [c for c in api.calls if c[0] == "create"]
-    assert kw["hostname"] == "node-1" and kw["host_config"]["NetworkMode"] == "net-a"
-    assert kw["networking_config"] == {"EndpointsConfig": {"net-a": {"Aliases": ["node-1"]}}}
+    assert kw["Hostname"] == "node-1" and kw["HostConfig"]["NetworkMode"] == "net-a"
+    assert kw["NetworkingConfig"] == {"EndpointsConfig": {"net-a": {"Aliases": ["node-1"]}}}
 
 
 def test_a_container_without_aliases_gets_no_endpoint_settings():
@@ -329,7 +329,7 @@ def test_a_container_without_aliases_gets_no_endpoint_settings():
     with Engine(api, "unix:///fake.sock").container("x:v1", ["true"], name="c1", network=False):
         pass
     [(_, _, kw)] = [c for c in api.calls if c[0] == "create"]
-    assert kw["networking_config"] is None and kw["host_config"]["NetworkMode"] == "none"
+    assert "NetworkingConfig" not in kw and kw["HostConfig"]["NetworkMode"] == "none"
 
 
 def test_the_check_script_is_plain_python_with_a_report_line():

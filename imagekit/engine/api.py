@@ -1,8 +1,8 @@
-"""`Engine`: the engine seam (types.EngineAPI) over docker-py's low-level
-client, the one module that talks to the Docker API and knows its wire
-format. Streams are decoded here into the seam's typed items (build steps,
-layer progress, loaded refs); docker errors become imagekit's own (`raise
-... from`), and an error reported inside a stream becomes
+"""`Engine`: the engine seam (types.EngineAPI) over the Docker Engine API
+(`wire.Api`), the one module that knows the API's requests and its streams'
+messages. Streams are decoded here into the seam's typed items (build
+steps, layer progress, loaded refs); the API's errors become imagekit's own
+(`raise ... from`), and an error reported inside a stream becomes
 `EngineStreamError` with the engine's words. Nothing here prints."""
 
 from __future__ import annotations
@@ -24,16 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import docker
-import docker.auth
-import docker.context
-import docker.errors
-import requests.exceptions
-import urllib3.exceptions
-from docker.types import DeviceRequest
-
 from ..errors import EngineError, EngineStreamError, EngineUnavailable
 from ..peer import peer_text
+from . import dockerconfig, wire
 from .types import (
     BUILDKIT_SINCE,
     CLASSIC,
@@ -51,6 +44,7 @@ from .types import (
     PushItem,
     RunAs,
 )
+from .wire import ApiError, NotFound, TransportError
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 RETRY_STATUS_RE = re.compile(r"^Retrying in (\d+) seconds?$")
@@ -62,27 +56,16 @@ def _unwrap_stderr(text: str) -> str:
     return _STDERR_WRAP.sub("", text)
 
 
-def endpoint() -> tuple[str, dict, str]:
+def endpoint() -> dockerconfig.Endpoint:
     """Where the engine is, as the docker CLI finds it: DOCKER_HOST, else the
     current docker context (DOCKER_CONTEXT, else `currentContext` in the
     Docker config: Docker Desktop's `desktop-linux`, a remote `ssh://` or
-    `tcp://` engine), else the local socket. (where, docker-py kwargs,
-    context name or "")."""
-    params = docker.utils.kwargs_from_env()
-    name = ""
-    if "base_url" not in params and not os.environ.get("DOCKER_HOST"):
-        with contextlib.suppress(docker.errors.DockerException, OSError, ValueError, KeyError):
-            ctx = docker.context.ContextAPI.get_context(os.environ.get("DOCKER_CONTEXT") or None)
-            if ctx is not None and ctx.Host and ctx.Name != "default":
-                name = str(ctx.Name)
-                params = {**docker.context.ContextAPI.kwargs_from_context(ctx.Name), **params}
-    where = str(params.get("base_url") or os.environ.get("DOCKER_HOST")
-                or "unix:///var/run/docker.sock")
-    return where, params, name
+    `tcp://` engine), else the local socket."""
+    return dockerconfig.endpoint()
 
 
 def _where() -> str:
-    return endpoint()[0]
+    return endpoint().url
 
 
 # -- reaching an engine ---------------------------------------------------------
@@ -92,18 +75,17 @@ SSH_CONNECT_TIMEOUT = 15    # for ssh:// engines: ssh connects, logs in and star
                             # dial-stdio first (ssh itself gives up connecting after
                             # ssh.CONNECT_TIMEOUT, 10 s, and says why)
 PROBE_BYTES = 64 * 1024     # of an answer to `check`'s requests, at most, are read
-# The API version the client is made with: no request goes out with it (`check`
-# asks the engine for its own before any versioned request).
-_PROBE_VERSION = docker.constants.MINIMUM_DOCKER_API_VERSION
+MINIMUM_API = "1.24"        # Engine 1.12
 
 
-def check(api: docker.APIClient, where: str, limit: float = CONNECT_TIMEOUT) -> dict:
+def check(api: wire.Api, where: str, limit: float = CONNECT_TIMEOUT) -> dict:
     """Whether API's server answers as a Docker engine within LIMIT seconds,
     all requests together: GET /_ping says OK, GET /version is a JSON object
     with ApiVersion and Version, and a ping at that API version is taken.
-    Returns its /version answer. Raises EngineUnavailable when the server answers
-    as something else (its words, through peer_text), and docker-py's and
-    requests' errors (`_unreachable` words them) when it does not answer."""
+    Returns its /version answer, and leaves API at the engine's version.
+    Raises EngineUnavailable when the server answers as something else (its
+    words, through peer_text), and the client's errors (`_unreachable` words
+    them) when it does not answer."""
     found: dict[str, Any] = {}
     deadline = time.monotonic() + limit
 
@@ -126,12 +108,16 @@ def check(api: docker.APIClient, where: str, limit: float = CONNECT_TIMEOUT) -> 
                 and isinstance(version.get("Version"), str)):
             raise _not_docker(where, "GET /version gave no JSON object with ApiVersion and "
                               "Version", body)
-        if docker.utils.version_lt(api_version, docker.constants.MINIMUM_DOCKER_API_VERSION):
+        if not _api_at_least(api_version, MINIMUM_API):
             raise EngineUnavailable(
                 f"the Docker engine at {where} speaks API {api_version}, older than the "
-                f"{docker.constants.MINIMUM_DOCKER_API_VERSION} imagekit needs (Engine 1.12)")
-        api._version = api_version
-        if not _ping(api, left()):
+                f"{MINIMUM_API} imagekit needs (Engine 1.12)")
+        api.api_version = api_version
+        try:
+            pinged = api.ping(timeout=left())
+        except ApiError:
+            pinged = False
+        if not pinged:
             raise _not_docker(where, f"a ping at API {api_version} was refused", b"")
         found["version"] = version
 
@@ -148,18 +134,7 @@ def check(api: docker.APIClient, where: str, limit: float = CONNECT_TIMEOUT) -> 
     return found["version"]
 
 
-def _ping(api: docker.APIClient, seconds: float) -> bool:
-    """docker-py's ping (GET /vX/_ping), answered within SECONDS (the client's
-    own timeout meanwhile: only while no other thread uses the client)."""
-    kept = api.timeout
-    api.timeout = seconds
-    try:
-        return bool(api.ping())
-    finally:
-        api.timeout = kept
-
-
-class _Overdue(requests.exceptions.Timeout):
+class _Overdue(wire.ReadTimeout):
     """`check` ran out of time while its requests were still being answered."""
 
 
@@ -172,18 +147,17 @@ def _keep_error(fn, box: dict):
     return run
 
 
-def _probe(api: docker.APIClient, path: str, seconds: float) -> tuple[int, bytes]:
+def _probe(api: wire.Api, path: str, seconds: float) -> tuple[int, bytes]:
     """GET PATH (not versioned): its status and up to PROBE_BYTES of its body."""
-    response = api._get(api._url(path, versioned_api=False), timeout=seconds, stream=True)
+    answer = api.request("GET", api.url(path, versioned=False), timeout=seconds,
+                         ok=tuple(range(400, 600)))
     body = b""
     try:
-        for chunk in response.iter_content(4096):
+        while len(body) <= PROBE_BYTES and (chunk := answer.read1(4096)):
             body += chunk
-            if len(body) > PROBE_BYTES:
-                break
     finally:
-        response.close()
-    return response.status_code, body[:PROBE_BYTES]
+        answer.close()
+    return answer.status, body[:PROBE_BYTES]
 
 
 def _not_docker(where: str, what: str, body: bytes) -> EngineUnavailable:
@@ -192,24 +166,22 @@ def _not_docker(where: str, what: str, body: bytes) -> EngineUnavailable:
                              f"({what}{': ' + said if said else ', empty'})")
 
 
-def _ssh_client(url: str, timeout: int) -> docker.APIClient:
-    """docker-py's client for an ssh:// engine, through imagekit's own ssh
-    transport (`ssh`). docker-py's ssh code is never reached: the client is
-    made for a TCP address it never asks (with an API version given, it
-    asks nothing), then pointed at the ssh adapter."""
-    from docker.utils.proxy import ProxyConfig
-
-    from . import ssh
-    target = ssh.parse(url)
-    adapter = ssh.SshAdapter(target, ssh.extra_options())
-    api = docker.APIClient(base_url="tcp://127.0.0.1:2375", version=_PROBE_VERSION,
-                           timeout=timeout)
-    api.mount(ssh.SCHEME, adapter)
-    api.base_url = ssh.BASE_URL
-    # the proxies a Docker config sets for this engine (containers get them)
-    proxies = api._general_configs.get("proxies", {})
-    api._proxy_configs = ProxyConfig.from_dict(proxies.get(url, proxies.get("default", {})))
-    return api
+def _client(found: dockerconfig.Endpoint, timeout: int) -> wire.Api:
+    """The API client for an endpoint: ssh:// through imagekit's own ssh
+    transport (`ssh`), tcp:// with the endpoint's TLS files where it has them."""
+    url = found.url
+    if url.startswith("ssh://"):
+        from . import ssh
+        return wire.Api(ssh.connection_factory(ssh.parse(url), ssh.extra_options()),
+                        timeout=timeout)
+    tls = None
+    if found.tls is not None:
+        t = found.tls
+        try:
+            tls = wire.tls_context(t.ca, t.cert, t.key, t.verify)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"the engine's TLS files cannot be used ({e})") from None
+    return wire.Api.at(url, timeout=timeout, tls=tls)
 
 
 def _without_password(url: str) -> str:
@@ -227,21 +199,21 @@ def _unreachable(e: BaseException, where: str, limit: float) -> str:
     ssh = sys.modules.get(f"{__package__}.ssh")     # loaded for ssh:// engines only
     if ssh is not None and isinstance(e, ssh.SshFailed):
         return f"no Docker engine answers at {where} ({e})"     # ssh's own reason
-    if isinstance(e, ValueError) and not isinstance(e, requests.exceptions.RequestException):
+    if isinstance(e, ValueError):
         return f"cannot reach {where}: {peer_text(e)}"   # an ssh:// URL, IMAGEKIT_SSH_OPTIONS
     bad = _inner(e, http.client.BadStatusLine)
     if bad is not None and not isinstance(bad, http.client.RemoteDisconnected):
         return (f"the server at {where} does not answer as a Docker engine (it does not speak "
                 f"HTTP; it sent: {peer_text(getattr(bad, 'line', bad))})")
     reason = str(e).split("\n")[0]
-    if "Permission denied" in reason:
+    if "Permission denied" in reason or isinstance(_inner(e, PermissionError), PermissionError):
         reason = "permission denied: add your user to the docker group, or use sudo"
         return f"no Docker engine answers at {where} ({reason})"
     if isinstance(e, _Overdue):
         reason = str(e)
-    elif isinstance(e, requests.exceptions.ConnectTimeout):
+    elif isinstance(e, wire.ConnectTimeout):
         reason = f"no connection within {limit:g} s"
-    elif isinstance(e, requests.exceptions.Timeout):
+    elif isinstance(e, wire.ReadTimeout):
         reason = f"it took the connection but gave no answer within {limit:g} s"
     elif "refused" in reason or "No such file" in reason:
         reason = "nothing listens there"
@@ -253,7 +225,7 @@ def _unreachable(e: BaseException, where: str, limit: float) -> str:
 
 
 def _inner(e: BaseException, kind: type, depth: int = 0) -> BaseException | None:
-    """The KIND error inside E (requests and urllib3 wrap errors in their args)."""
+    """The KIND error inside E (in its args, cause or context)."""
     if isinstance(e, kind):
         return e
     if depth > 8:
@@ -267,9 +239,9 @@ def _inner(e: BaseException, kind: type, depth: int = 0) -> BaseException | None
 
 
 class Engine:
-    """EngineAPI over docker-py's low-level client."""
+    """EngineAPI over the Docker Engine API (`wire.Api`)."""
 
-    def __init__(self, api: docker.APIClient, where: str | None = None, context: str = ""):
+    def __init__(self, api: wire.Api, where: str | None = None, context: str = ""):
         self.api = api
         self.where = where or _where()
         self.context = context
@@ -282,24 +254,19 @@ class Engine:
         It has CONNECT_TIMEOUT seconds (an ssh:// one SSH_CONNECT_TIMEOUT) to
         show that it is a Docker engine (`check`); `timeout` then bounds each
         request of the real work (builds, loads, waits)."""
-        raw, params, context = (url, {"base_url": url}, "") if url else endpoint()
+        found = dockerconfig.Endpoint(url) if url else endpoint()
+        raw = found.url
         where = _without_password(raw)            # as messages name it
-        base = str(params.get("base_url") or "")
-        limit = SSH_CONNECT_TIMEOUT if base.startswith("ssh://") else CONNECT_TIMEOUT
+        limit = SSH_CONNECT_TIMEOUT if raw.startswith("ssh://") else CONNECT_TIMEOUT
         try:
-            if base.startswith("ssh://"):
-                api = _ssh_client(base, timeout)
-            else:
-                api = docker.APIClient(version=_PROBE_VERSION, timeout=timeout, **params)
+            api = _client(found, timeout)
             version = check(api, where, limit)
-            api._version = version["ApiVersion"]
-            engine = cls(api, where, context)
+            engine = cls(api, where, found.context)
             engine._version = version
             engine.sweep()       # what a process that died with the engine could not remove
         except EngineUnavailable:
             raise
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError,
-                ValueError) as e:
+        except (TransportError, ApiError, OSError, ValueError) as e:
             raise EngineUnavailable(_unreachable(e, where, limit).replace(raw, where)) \
                 from None
         return engine
@@ -349,21 +316,18 @@ class Engine:
         try:
             stored = int(self.api.inspect_image(ref).get("Size") or 0)
             unpacked = sum(int(h.get("Size") or 0) for h in self.api.history(ref))
-        except (docker.errors.APIError, requests.exceptions.RequestException, ValueError,
-                TypeError, AttributeError):
+        except (ApiError, TransportError, ValueError, TypeError, AttributeError):
             return False
         return stored > 0 and unpacked > 0 and stored < 0.8 * unpacked
 
     def image(self, ref: str) -> ImageInfo | None:
         try:
             raw = self.api.inspect_image(ref)
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.APIError as e:
+        except ApiError as e:
             if e.status_code in (400, 404):   # an invalid reference names no image either
                 return None
             raise EngineError(f"inspecting {ref}: {_explain(e)}") from e
-        except requests.exceptions.ConnectionError as e:
+        except TransportError as e:
             raise self._lost(e) from e
         config = raw.get("Config") or {}
         env = dict(str(e).partition("=")[::2] for e in config.get("Env") or [])
@@ -380,7 +344,7 @@ class Engine:
         try:
             self._call(self.api.remove_image, ref, noprune=False)
         except EngineError as e:
-            if not isinstance(e.__cause__, docker.errors.NotFound):
+            if not isinstance(e.__cause__, NotFound):
                 raise
 
     def answers(self, settle: float = 0.0) -> bool:
@@ -389,10 +353,9 @@ class Engine:
         end = time.monotonic() + settle
         while True:
             try:
-                api = self.api      # not api.ping(): no timeout of its own
-                if api._result(api._get(api._url("/_ping"), timeout=CONNECT_TIMEOUT)) != "OK":
+                if not self.api.ping(timeout=CONNECT_TIMEOUT):
                     return False
-            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            except (ApiError, TransportError, OSError):
                 return False
             if time.monotonic() >= end:
                 return True
@@ -408,9 +371,10 @@ class Engine:
         pending = note_pending(self.where, build=tag)
         lost = False
         try:
-            for item in self.api.build(
-                    fileobj=context, custom_context=True, encoding=None, tag=tag, nocache=nocache,
-                    rm=True, forcerm=True, decode=True, pull=pull, network_mode=network_mode):
+            for item in self.api.build(context, tag=tag, nocache=nocache, pull=pull,
+                                       network_mode=network_mode):
+                if not isinstance(item, dict):
+                    continue
                 if "stream" in item:
                     text = partial + _unwrap_stderr(str(item["stream"]))
                     text, _, partial = text.rpartition("\n") if "\n" in text else ("", "", text)
@@ -435,14 +399,11 @@ class Engine:
                     image_id = item["aux"]["ID"]
                 elif "error" in item or "errorDetail" in item:
                     raise EngineStreamError(_stream_error(item))
-        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
-            if isinstance(e, requests.exceptions.ConnectionError) or not self.answers():
+        except (ApiError, TransportError) as e:
+            if isinstance(e, wire.ConnectFailed) or not self.answers():
                 lost = True
                 raise self._lost(e) from e
             raise EngineError(f"build request failed: {_explain(e)}") from e
-        except urllib3.exceptions.HTTPError as e:
-            lost = True
-            raise self._lost(e) from e
         finally:
             if not lost:        # the engine removes its builder containers itself
                 forget_pending(pending)
@@ -455,9 +416,8 @@ class Engine:
     def import_image(self, stream: IO[bytes], repository: str, tag: str,
                      changes: list[str]) -> None:
         try:
-            self.api.import_image_from_stream(stream, repository=repository, tag=tag,
-                                              changes=changes)
-        except docker.errors.APIError as e:
+            self.api.import_image(stream, repository, tag, changes)
+        except (ApiError, TransportError) as e:
             raise EngineError(f"import of {repository}:{tag} failed: {_explain(e)}") from e
 
     # -- containers --------------------------------------------------------
@@ -471,20 +431,20 @@ class Engine:
         try:
             for c in self.api.containers(all=True, filters=mine):
                 if not _alive((c.get("Labels") or {}).get("io.imagekit.pid")):
-                    with contextlib.suppress(docker.errors.APIError):
+                    with contextlib.suppress(ApiError):
                         self.api.remove_container(c["Id"], force=True, v=True)
                         removed += 1
             for v in self.api.volumes(filters=mine).get("Volumes") or []:
                 if not _alive((v.get("Labels") or {}).get("io.imagekit.pid")):
-                    with contextlib.suppress(docker.errors.APIError):
+                    with contextlib.suppress(ApiError):
                         self.api.remove_volume(v["Name"], force=True)
                         removed += 1
             for n in self.api.networks(filters=mine):
                 if not _alive((n.get("Labels") or {}).get("io.imagekit.pid")):
-                    with contextlib.suppress(docker.errors.APIError):
+                    with contextlib.suppress(ApiError):
                         self.api.remove_network(n["Id"])
                         removed += 1
-        except (docker.errors.APIError, requests.exceptions.RequestException):
+        except (ApiError, TransportError):
             return removed
         return removed
 
@@ -512,7 +472,7 @@ class Engine:
                                 not (c.get("Labels") or {}):
                             self.api.remove_container(c["Id"], force=True)
                             removed += 1
-            except (docker.errors.APIError, requests.exceptions.RequestException):
+            except (ApiError, TransportError):
                 continue
             forget_pending(path)
         return removed
@@ -527,7 +487,7 @@ class Engine:
     def volume(self, name: str, owner: str = "") -> Iterator[str]:
         """A named volume (works with remote engines too), removed on every way out.
         `owner` (the image it serves) is kept in a label."""
-        self._call(self.api.create_volume, name=name, labels=_labels(owner))
+        self._call(self.api.create_volume, name, _labels(owner))
         try:
             yield name
         finally:
@@ -559,25 +519,12 @@ class Engine:
         network=False it has no network at all (`--network none`); `run_as`:
         a platform's user, /dev/shm, read-only root, host name, network and aliases."""
         r = run_as or RunAs()
-        host_config = self.api.create_host_config(
-            binds={vol: {"bind": dst, "mode": "rw"} for vol, dst in (volumes or {}).items()},
-            device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
-            init=True, network_mode=r.network or (None if network else "none"),
-            shm_size=f"{r.shm_mb}m" if r.shm_mb else None, read_only=r.read_only or None,
-            tmpfs={p: "rw,exec,mode=1777" for p in r.tmpfs} or None,
-        )
-        # on a network of its own, the other containers reach this one by its aliases
-        networking = self.api.create_networking_config(
-            {r.network: self.api.create_endpoint_config(aliases=list(r.aliases))}) \
-            if r.network and r.aliases else None
+        config = container_config(image, command, volumes=volumes, env=env, gpus=gpus,
+                                  workdir=workdir, network=network, labels=_labels(owner or image),
+                                  run_as=r)
         cid = None
         try:
-            created = self._call(
-                self.api.create_container, image, command=command, name=name,
-                environment=env or {}, host_config=host_config, working_dir=workdir,
-                labels=_labels(owner or image), user=r.user or "", hostname=r.hostname,
-                networking_config=networking)
-            cid = created["Id"]
+            cid = self._call(self.api.create_container, config, name)["Id"]
             if files:
                 self._call(self.api.put_archive, cid, "/", files)
             self._call(self.api.start, cid)
@@ -590,11 +537,11 @@ class Engine:
     def files_in(self, cid: str, path: str) -> list[str]:
         """Names of the files under `path` in a (stopped) container."""
         try:
-            stream, _ = self.api.get_archive(cid, path)
-        except docker.errors.NotFound:
+            answer = self.api.get_archive(cid, path)
+        except NotFound:
             return []
         with tempfile.TemporaryFile() as f:
-            for chunk in stream:
+            for chunk in answer.blocks():
                 f.write(chunk)
             f.seek(0)
             with tarfile.open(fileobj=f) as tar:
@@ -603,17 +550,17 @@ class Engine:
                               if m.isfile() and m.name.startswith(top + "/"))
 
     def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]:
-        return self.api.logs(cid, stream=True, follow=follow, stdout=True, stderr=True)
+        return self.api.logs(cid, follow=follow)
 
     def wait(self, cid: str, timeout: float) -> int:
         try:
             return int(self.api.wait(cid, timeout=timeout)["StatusCode"])
-        except requests.exceptions.ReadTimeout as e:
+        except wire.ReadTimeout as e:
             raise TimeoutError from e
-        except requests.exceptions.ConnectionError as e:
-            if "timed out" in str(e).lower():
-                raise TimeoutError from e
+        except TransportError as e:
             raise self._lost(e) from e
+        except ApiError as e:
+            raise EngineError(_explain(e)) from e
 
     def state(self, cid: str) -> ContainerState:
         st = self._call(self.api.inspect_container, cid).get("State") or {}
@@ -630,17 +577,11 @@ class Engine:
         """The engine's export (GET /images/get?names=REF) as chunks of a tar that
         `docker load` restores with its name:tag (`ref` may be several refs)."""
         try:
-            resp = self.api._get(self.api._url("/images/get"), params={"names": ref}, stream=True)
-            self.api._raise_for_status(resp)
-            try:
-                # whole blocks (iter_content would hand out the engine's 32 KiB HTTP chunks)
-                while block := resp.raw.read(chunk_size):
-                    yield block
-            finally:
-                resp.close()
-        except docker.errors.APIError as e:
+            yield from self.api.export([ref] if isinstance(ref, str) else list(ref)
+                                       ).blocks(chunk_size)
+        except ApiError as e:
             raise EngineError(f"export of {ref} failed: {_explain(e)}") from e
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
+        except TransportError as e:
             if not self.answers():
                 raise self._lost(e) from e
             raise EngineError(f"export of {ref} broke off: {_explain(e)}") from e
@@ -650,23 +591,24 @@ class Engine:
         Returns what the engine loaded: tags, or image IDs for untagged images."""
         loaded: list[str] = []
         try:
-            for item in self.api.load_image(data, quiet=True):
+            for item in self.api.load_image(data):
+                if not isinstance(item, dict):
+                    continue
                 if "errorDetail" in item or "error" in item:
                     raise EngineStreamError(_stream_error(item))
                 text = str(item.get("stream") or "").strip()
                 for prefix in ("Loaded image: ", "Loaded image ID: "):
                     if text.startswith(prefix):
                         loaded.append(text.removeprefix(prefix).strip())
-        except docker.errors.APIError as e:
+        except ApiError as e:
             raise EngineError(f"load failed: {_explain(e)}") from e
-        except requests.exceptions.RequestException as e:
+        except TransportError as e:
             raise EngineError(f"load broke off: {_explain(e)}") from e
         return loaded
 
     def push(self, repository: str, tag: str, auth: dict | None) -> Iterator[PushItem]:
         """The push stream, decoded. The engine reports a registry's refusal
-        inside the stream (docker-py does not raise: docker/docker-py#3161):
-        that becomes EngineStreamError. Its own upload retries count down
+        inside the stream: that becomes EngineStreamError. Its own upload retries count down
         once a second; each countdown is reported once. Where the API has it
         (1.46+), only the image's own platform is pushed; the containerd store
         of older engines pushes an index and may report no digest (PushDone
@@ -697,41 +639,32 @@ class Engine:
                 pd = item.get("progressDetail") or {}
                 yield LayerProgress(str(layer), status, int(pd.get("current") or 0),
                                     int(pd.get("total") or 0))
-        except (docker.errors.APIError, requests.exceptions.RequestException,
-                urllib3.exceptions.HTTPError) as e:
+        except (ApiError, TransportError) as e:
             if not self.answers():
                 raise self._lost(e) from e
             raise EngineError(f"push of {repository}:{tag} failed: {_explain(e)}") from e
         yield PushDone(digest)
 
-    def _push_stream(self, repository: str, tag: str, auth: dict | None) -> Iterator[dict]:
+    def _push_stream(self, repository: str, tag: str, auth: dict | None) -> Iterator[Any]:
         """POST /images/NAME/push, with `platform` (the image's own) where the
-        API takes it: docker-py has no such parameter."""
-        if not _api_at_least(self.api.api_version, "1.46"):
-            return self.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth)
-        params: dict[str, str] = {"tag": tag}
-        raw = self._call(self.api.inspect_image, f"{repository}:{tag}")
-        platform = {"os": raw.get("Os") or "linux", "architecture": raw.get("Architecture")}
-        if raw.get("Variant"):
-            platform["variant"] = raw["Variant"]
-        params["platform"] = json.dumps(platform)
-        headers = {}
-        if auth:
-            headers["X-Registry-Auth"] = docker.auth.encode_header(auth)
-        response = self.api._post_json(self.api._url("/images/{0}/push", repository), None,
-                                       headers=headers, stream=True, params=params)
-        self.api._raise_for_status(response)
-        return self.api._stream_helper(response, decode=True)
+        API takes it (1.46+)."""
+        platform = None
+        if _api_at_least(self.api.api_version, "1.46"):
+            raw = self._call(self.api.inspect_image, f"{repository}:{tag}")
+            wanted = {"os": raw.get("Os") or "linux", "architecture": raw.get("Architecture")}
+            if raw.get("Variant"):
+                wanted["variant"] = raw["Variant"]
+            platform = json.dumps(wanted)
+        return self.api.push(repository, tag, _auth_header(auth), platform)
 
     def pull(self, ref: str, auth: dict | None) -> None:
         """Pull `ref` (by digest, usually) into this engine."""
         repo, _, digest = ref.partition("@")
         try:
-            for item in self.api.pull(repo, tag=digest or None, stream=True, decode=True,
-                                      auth_config=auth):
+            for item in self.api.pull(repo, digest or None, _auth_header(auth)):
                 if isinstance(item, dict) and ("errorDetail" in item or "error" in item):
                     raise EngineStreamError(_stream_error(item))
-        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+        except (ApiError, TransportError) as e:
             raise EngineError(f"pull of {ref} failed: {_explain(e)}") from e
 
     def registry_auth(self, registry: str) -> dict | None:
@@ -739,29 +672,28 @@ class Engine:
         `credHelpers` and `credsStore` (helpers get the registry on stdin, as the
         docker CLI does). None when it has none. Only ever handed to the engine."""
         try:
-            found = docker.auth.resolve_authconfig(docker.auth.load_config(), registry)
-        except docker.errors.DockerException as e:
-            raise EngineError(f"reading Docker credentials for {registry}: {_explain(e)}") \
+            return dockerconfig.registry_auth(registry)
+        except dockerconfig.ConfigProblem as e:
+            raise EngineError(f"reading Docker credentials for {registry}: {peer_text(e)}") \
                 from None
-        return dict(found) if found else None
 
     def distribution_digest(self, ref: str, auth: dict | None) -> str:
         """The manifest digest the registry holds for `ref`, asked through the
         engine (GET /distribution/REF/json with X-Registry-Auth)."""
         try:
-            data = self.api.inspect_distribution(ref, auth_config=auth)
-        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            data = self.api.inspect_distribution(ref, _auth_header(auth))
+        except (ApiError, TransportError) as e:
             text = getattr(e, "explanation", None) or str(e)
             lines = [x.strip() for x in str(text).splitlines() if x.strip() not in ("", "errors:")]
             raise EngineError(f"asking the registry for {ref}: {'; '.join(lines) or e}") from e
-        return str((data.get("Descriptor") or {}).get("digest") or "")
+        return str(((data or {}).get("Descriptor") or {}).get("digest") or "")
 
     def _call(self, fn, *args: Any, **kwargs: Any):
         try:
             return fn(*args, **kwargs)
-        except docker.errors.APIError as e:
+        except ApiError as e:
             raise EngineError(_explain(e)) from e
-        except requests.exceptions.ConnectionError as e:
+        except TransportError as e:
             raise self._lost(e) from e
 
     def _lost(self, e: Exception) -> EngineUnavailable:
@@ -774,7 +706,7 @@ class Engine:
 
 
 class ClassicBuilder:
-    """The engine's classic builder (POST /build through docker-py): what
+    """The engine's classic builder (POST /build): what
     engines without BuildKit or without the buildx plugin build with."""
 
     kind = CLASSIC
@@ -869,6 +801,48 @@ def _alive(pid: str | None) -> bool:
     except PermissionError:
         return True
     return int(pid or 0) > 0
+
+
+def _auth_header(auth: dict | None) -> str:
+    """X-Registry-Auth for AUTH: an empty object where there are no
+    credentials, as the docker CLI sends."""
+    return dockerconfig.encode_auth_header(auth or {})
+
+
+def container_config(image: str, command: list[str] | None, *, volumes: dict[str, str] | None,
+                     env: dict | None, gpus: bool, workdir: str | None, network: bool,
+                     labels: dict[str, str], run_as: RunAs) -> dict:
+    """POST /containers/create's body: what `docker run` sends for these
+    settings (`--init`, `-v VOL:DST`, `--gpus all`, `--network`, `--shm-size`,
+    `--read-only`, `--tmpfs`, `--user`, `--hostname`, `--network-alias`)."""
+    r = run_as
+    host: dict[str, Any] = {"Init": True,
+                            "Binds": [f"{vol}:{dst}:rw" for vol, dst in (volumes or {}).items()]}
+    if gpus:
+        host["DeviceRequests"] = [{"Driver": "", "Count": -1, "DeviceIDs": None,
+                                   "Capabilities": [["gpu"]], "Options": {}}]
+    mode = r.network or (None if network else "none")
+    if mode:
+        host["NetworkMode"] = mode
+    if r.shm_mb:
+        host["ShmSize"] = int(r.shm_mb) * 1024 * 1024
+    if r.read_only:
+        host["ReadonlyRootfs"] = True
+    if r.tmpfs:
+        host["Tmpfs"] = {p: "rw,exec,mode=1777" for p in r.tmpfs}
+    config: dict[str, Any] = {
+        "Image": image, "Cmd": command, "Env": [f"{k}={v}" for k, v in (env or {}).items()],
+        "Labels": labels, "HostConfig": host, "AttachStdout": True, "AttachStderr": True}
+    if workdir:
+        config["WorkingDir"] = workdir
+    if r.user:
+        config["User"] = r.user
+    if r.hostname:
+        config["Hostname"] = r.hostname
+    # on a network of its own, the other containers reach this one by its aliases
+    if r.network and r.aliases:
+        config["NetworkingConfig"] = {"EndpointsConfig": {r.network: {"Aliases": list(r.aliases)}}}
+    return config
 
 
 def _api_at_least(version: str, want: str) -> bool:
