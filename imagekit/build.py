@@ -22,7 +22,7 @@ from .engine import BuildCached, BuildDone, Builder, BuildOutput, BuildStep, Cla
 from .errors import BuildError, EngineStreamError, Interrupted
 from .events import Built, Cached, Event, Info, Log, Step, Warn
 from .reference import parse_reference
-from .render import render, source_date_epoch
+from .render import render, source_date_epoch, step_label
 from .spec import Plan, display_path
 
 TAIL_LINES = 15
@@ -90,7 +90,7 @@ def build(plan: Plan, project: Project, engine: EngineAPI, nocache: bool = False
                                       source_date_epoch=source_date_epoch(plan)):
                 if isinstance(item, BuildStep):
                     log.write(f"Step {item.index}/{item.total} : {item.instruction}\n")
-                    step, total, instruction = item.index, item.total, item.instruction
+                    step, total, instruction = item.index, item.total, step_label(item.instruction)
                     tail.clear()
                     yield Step(name, step, total, instruction)
                 elif isinstance(item, BuildCached):

@@ -159,3 +159,8 @@ EXIT_CODES: list[tuple[int, str]] = [
     (19, "not reproducible: two cold builds (--check-reproducible) made a layer differently"),
     (130, "interrupted (Ctrl-C)"),
 ]
+
+
+def attempts(n: int) -> str:
+    """"1 attempt", "3 attempts": how many tries a failure took, for its message."""
+    return f"{n} attempt{'' if n == 1 else 's'}"

@@ -52,6 +52,7 @@ from .errors import (
     PushError,
     SmokeGateError,
     UsageError,
+    attempts,
 )
 from .events import Event, Info, PushedDestination, PushResult, Warn
 from .push_engine import classify, via_engine  # noqa: F401 - classify: the retry rule
@@ -227,7 +228,7 @@ def _attach(reg, d: Destination, digest: str, doc: bytes, name: str, retries: in
         except TransientPushError as e:
             attempt += 1
             if attempt > retries:
-                raise PushError(f"failed after {attempt} attempts: {e.message}") from None
+                raise PushError(f"failed after {attempts(attempt)}: {e.message}") from None
             wait = min(backoff * 2 ** (attempt - 1), 30.0)
             yield Warn(name, f"{d.ref}: attaching its bill of materials failed ({e.message}); "
                              f"retrying in {wait:g}s")

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import registry
 from .destinations import ENV_PASSWORD, ENV_USER, Destination, Done
 from .engine import EngineAPI
-from .errors import AuthError, DirectPushUnsupported, ImagekitError, PushError
+from .errors import AuthError, DirectPushUnsupported, ImagekitError, PushError, attempts
 from .events import Info, Progress, Warn
 from .layers import Compressing
 
@@ -120,7 +120,7 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
                     pending.append(d)      # unanswered: once more at most (each costs a limit)
                 else:
                     if isinstance(err, registry.TransientPushError):
-                        err = PushError(f"{d.ref}: push failed after {attempt} attempts: {err.message}")
+                        err = PushError(f"{d.ref}: push failed after {attempts(attempt)}: {err.message}")
                     elif isinstance(err, AuthError):
                         auth, source = auths[d.registry]
                         hint = f"credentials from {source}" if auth else \

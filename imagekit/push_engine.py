@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .destinations import ENV_PASSWORD, ENV_USER, Destination, Done
 from .engine import EngineAPI, LayerProgress, PushDone
-from .errors import AuthError, EngineUnavailable, ImagekitError, PushError
+from .errors import AuthError, EngineUnavailable, ImagekitError, PushError, attempts
 from .events import Info, Progress, Warn
 from .peer import redact
 
@@ -113,7 +113,7 @@ def _worker(engine: EngineAPI, name: str, d: Destination, auth: dict | None, sou
             sleep(wait)
             continue
         elif kind == "transient":
-            err = PushError(f"{d.ref}: push failed after {attempt} attempts: {reason}")
+            err = PushError(f"{d.ref}: push failed after {attempts(attempt)}: {reason}")
         else:
             err = PushError(f"{d.ref}: push failed: {reason}")
         put(Done(d, "", attempt, round(time.monotonic() - started, 2), err))

@@ -8,6 +8,7 @@ with no network, so no port is in it."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import jinja2
@@ -259,3 +260,19 @@ def render(plan: Plan, project: Project, builder: str = "classic",
         if line or (out and out[-1]):
             out.append(line)
     return "\n".join(out).strip() + "\n"
+
+
+# What every RUN step imagekit writes carries around its author's command, for
+# bit-for-bit rebuilds (templates/partials/reproducible.j2): its mark_start(),
+# clamp_times() and empty_logs().
+_MARK_START = re.compile(r"touch /dev/shm/imagekit-step && sleep 0\.02 &&\s*")
+_MARK_END = re.compile(r"(?:\s*&&\s*(?:touch -h -d \"@\$SOURCE_DATE_EPOCH\" /etc"
+                       r"|find /[^&]*?-newer /dev/shm/imagekit-step -exec "
+                       r"(?:touch -h -d \"@\$SOURCE_DATE_EPOCH\"|truncate -s 0) \{\} \+))+")
+
+
+def step_label(instruction: str) -> str:
+    """A build step as a build's progress shows it: a RUN step imagekit wrote
+    without the time marks around its own command (the build log keeps them)."""
+    return _MARK_END.sub("", _MARK_START.sub("", instruction))
+

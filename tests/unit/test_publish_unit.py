@@ -199,6 +199,13 @@ def test_dead_registry_gives_up_and_reports_nothing_pushed(passed):
     assert not [ev for ev in seen if isinstance(ev, Info) and "pushed " in ev.message]
 
 
+def test_one_try_is_one_attempt(passed):
+    eng = engine(pushes={SPEC_HOST: [push_error("connect: connection refused")]})
+    target = targets.resolve(passed, eng, "x")
+    with pytest.raises(PushError, match="push failed after 1 attempt: "):
+        list(push_stage.push(passed, target, eng, retries=0, sleep=lambda s: None, via="engine"))
+
+
 def test_auth_failure_is_never_retried_and_never_shows_the_password(passed):
     echo = f"unauthorized: authentication required (user me, password {SECRET})"
     eng = engine(pushes={"a.example.com": [push_error(echo)] * 5})
