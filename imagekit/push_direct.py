@@ -46,6 +46,7 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
     attempt = 0
     started = time.monotonic()
     sent: dict[Destination, int] = {}          # bytes of earlier, failed attempts
+    checked: set[Destination] = set()          # failed the registry check (retried there)
     export_read: registry.ExportRead | None = None
     spool = Path(tempfile.mkdtemp(prefix="imagekit-push-"))
     try:
@@ -99,6 +100,8 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
                     elif isinstance(ev, registry.TargetFailed):
                         d = by_ref[ev.target]
                         failed[d] = ev.error
+                        if ev.checked:      # retried by the check itself: not once more here
+                            checked.add(d)
                         sent[d] = sent.get(d, 0) + ev.bytes_sent
                     elif isinstance(ev, registry.PushSummary) and ev.image is not None:
                         image = ev.image
@@ -116,10 +119,13 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
                     fallback.append(d)
                     why = err.message
                 elif isinstance(err, registry.TransientPushError) and in_window and \
+                        d not in checked and \
                         attempt <= (min(retries, registry.SLOW_RETRIES) if err.slow else retries):
                     pending.append(d)      # unanswered: once more at most (each costs a limit)
                 else:
-                    if isinstance(err, registry.TransientPushError):
+                    if isinstance(err, registry.TransientPushError) and d in checked:
+                        err = PushError(f"{d.ref}: push failed: {err.message}")
+                    elif isinstance(err, registry.TransientPushError):
                         err = PushError(f"{d.ref}: push failed after {attempts(attempt)}: {err.message}")
                     elif isinstance(err, AuthError):
                         auth, source = auths[d.registry]

@@ -241,6 +241,7 @@ class TargetFailed:
     target: str
     error: PushError = field(repr=False)
     bytes_sent: int = 0
+    checked: bool = False    # failed the registry check, after its own retries, before any upload
 
     @property
     def message(self) -> str:
@@ -878,12 +879,12 @@ class _Push:
             except ImagekitError as e:
                 for d in dests:
                     self._fail(d, e)
-                    self.emit(TargetFailed(d.ref, d.error, 0))  # type: ignore[arg-type]
+                    self.emit(TargetFailed(d.ref, d.error, 0, checked=True))  # type: ignore[arg-type]
                     self.failed_early.append(d)
             except Exception as e:  # noqa: BLE001 - this registry's failure, not the push's
                 for d in dests:
                     self._fail(d, PushError(f"{type(e).__name__}: {e}"))
-                    self.emit(TargetFailed(d.ref, d.error, 0))  # type: ignore[arg-type]
+                    self.emit(TargetFailed(d.ref, d.error, 0, checked=True))  # type: ignore[arg-type]
                     self.failed_early.append(d)
         self.dests = [d for d in self.dests if d not in self.failed_early]
 

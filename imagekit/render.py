@@ -266,9 +266,10 @@ def render(plan: Plan, project: Project, builder: str = "classic",
 # bit-for-bit rebuilds (templates/partials/reproducible.j2): its mark_start(),
 # clamp_times() and empty_logs().
 _MARK_START = re.compile(r"touch /dev/shm/imagekit-step && sleep 0\.02 &&\s*")
-_MARK_END = re.compile(r"(?:\s*&&\s*(?:touch -h -d \"@\$SOURCE_DATE_EPOCH\" /etc"
+_EPOCH = r"\"@(?:\$SOURCE_DATE_EPOCH|\d+)\""      # BuildKit shows the ARG's value
+_MARK_END = re.compile(rf"(?:\s*&&\s*(?:touch -h -d {_EPOCH} /etc"
                        r"|find /[^&]*?-newer /dev/shm/imagekit-step -exec "
-                       r"(?:touch -h -d \"@\$SOURCE_DATE_EPOCH\"|truncate -s 0) \{\} \+))+")
+                       rf"(?:touch -h -d {_EPOCH}|truncate -s 0) \{{\}} \+))+")
 
 
 def step_label(instruction: str) -> str:

@@ -209,3 +209,20 @@ def test_an_unanswered_destination_is_pushed_again_once_at_most(proj, monkeypatc
     with pytest.raises(PushError, match="after 2 attempts"):
         _run(proj, _engine(), to=["a.example.com/t"], retries=3)
     assert len(calls) == 2
+
+
+def test_a_registry_that_failed_its_check_is_not_tried_again_around_it(proj, monkeypatch):
+    # the check retries by itself (registry._Push.preflight); a second loop of
+    # tries around it would ping a dead registry (retries + 1) ** 2 times
+    calls = []
+
+    def dead(source, targets_, auths, **kw):
+        calls.append(1)
+        yield registry.TargetFailed(targets_[0].ref, registry.TransientPushError(
+            "GET /v2/ on a.example.com: connection refused"), 0, checked=True)
+    monkeypatch.setattr(registry, "push", dead)
+    with pytest.raises(PushError) as e:
+        _run(proj, _engine(), to=["a.example.com/t"], retries=3)
+    assert len(calls) == 1
+    assert "push failed: GET /v2/ on a.example.com: connection refused" in e.value.message
+    assert "attempt" not in e.value.message

@@ -328,6 +328,11 @@ def test_a_step_label_keeps_what_the_author_wrote():
            '"@$SOURCE_DATE_EPOCH" {} +')
     assert step_label(run) == "RUN --network=none apt-get install -y curl"
     assert step_label("RUN echo a && find / -name x") == "RUN echo a && find / -name x"
+    # BuildKit's progress shows the ARG's value in its place
+    shown = ('RUN mkdir -p /opt/ocr  && chmod 755 /usr/local/bin/train  && touch -h -d '
+             '"@315532800" /etc  && find / -xdev \\( -path /proc -o -path /wheels \\) -prune -o '
+             '-newer /dev/shm/imagekit-step -exec touch -h -d "@315532800" {} +')
+    assert step_label(shown) == "RUN mkdir -p /opt/ocr  && chmod 755 /usr/local/bin/train"
 
 
 def test_buildkit_is_given_the_epoch_for_the_image_config(tmp_path):
