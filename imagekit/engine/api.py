@@ -247,6 +247,14 @@ class Engine:
         self.context = context
         self._facts: EngineFacts | None = None
         self._version: dict | None = None     # /version, as connect's check read it
+        self._proxies: dict[str, str] | None = None
+
+    def proxies(self) -> dict[str, str]:
+        """The proxy variables the Docker config gives this engine's containers
+        and classic builds (read once)."""
+        if self._proxies is None:
+            self._proxies = dockerconfig.proxy_env(self.where)
+        return self._proxies
 
     @classmethod
     def connect(cls, timeout: int = 600, url: str | None = None) -> Engine:
@@ -372,7 +380,7 @@ class Engine:
         lost = False
         try:
             for item in self.api.build(context, tag=tag, nocache=nocache, pull=pull,
-                                       network_mode=network_mode):
+                                       network_mode=network_mode, buildargs=self.proxies()):
                 if not isinstance(item, dict):
                     continue
                 if "stream" in item:
@@ -519,6 +527,7 @@ class Engine:
         network=False it has no network at all (`--network none`); `run_as`:
         a platform's user, /dev/shm, read-only root, host name, network and aliases."""
         r = run_as or RunAs()
+        env = {**self.proxies(), **(env or {})}      # what the caller sets wins
         config = container_config(image, command, volumes=volumes, env=env, gpus=gpus,
                                   workdir=workdir, network=network, labels=_labels(owner or image),
                                   run_as=r)

@@ -3,7 +3,8 @@ with the standard library only: where the engine is (`endpoint`: DOCKER_HOST
 and its TLS variables, else the current docker context, else the local
 socket) and a registry's credentials (`registry_auth`: `credHelpers`,
 `credsStore` and `auths` in config.json, credential helpers run as
-`docker-credential-NAME get`). Nothing here talks to an engine or a registry;
+`docker-credential-NAME get`), and the proxies it gives containers
+(`proxy_env`). Nothing here talks to an engine or a registry;
 no secret ever appears in a `ConfigProblem`'s text."""
 
 from __future__ import annotations
@@ -264,6 +265,35 @@ def _why(said: str) -> str:
     if not line or "Secret" in line or "{" in line:
         return ""
     return f": {line[:200]}"
+
+
+# config.json's `proxies` keys, and the variables the docker CLI sets from them
+_PROXY_VARS = {"httpProxy": "HTTP_PROXY", "httpsProxy": "HTTPS_PROXY", "ftpProxy": "FTP_PROXY",
+               "noProxy": "NO_PROXY", "allProxy": "ALL_PROXY"}
+
+
+def proxy_env(engine: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The proxy variables the Docker config gives containers and builds on
+    ENGINE (its URL): config.json's `proxies`, the entry for that URL, else
+    `default`; each set in upper and lower case, as `docker run` and `docker
+    build` set them. Empty when there is none or the config cannot be read
+    (a build or a run works without them)."""
+    try:
+        data = _load(config_dir(_env(environ)) / "config.json") or {}
+    except ConfigProblem:
+        return {}
+    proxies = data.get("proxies")
+    if not isinstance(proxies, dict):
+        return {}
+    chosen = proxies.get(engine, proxies.get("default"))
+    if not isinstance(chosen, dict):
+        return {}
+    out: dict[str, str] = {}
+    for key, var in _PROXY_VARS.items():
+        value = chosen.get(key)
+        if isinstance(value, str) and value:
+            out[var] = out[var.lower()] = value
+    return out
 
 
 def encode_auth_header(auth: dict) -> str:

@@ -392,12 +392,14 @@ class Api:
         self.delete("/images/{}", ref, params={"noprune": noprune})
 
     def build(self, context: IO[bytes], *, tag: str, nocache: bool = False, pull: bool = False,
-              network_mode: str | None = None) -> Iterator[Any]:
+              network_mode: str | None = None,
+              buildargs: dict[str, str] | None = None) -> Iterator[Any]:
         """POST /build with CONTEXT (a tar) for the classic builder: its stream."""
         return self.request(
             "POST", self.url("/build"), body=context,
             params={"t": tag, "nocache": nocache, "rm": True, "forcerm": True, "pull": pull,
-                    "networkmode": network_mode},
+                    "networkmode": network_mode,
+                    "buildargs": json.dumps(buildargs) if buildargs else None},
             headers={"Content-Type": "application/x-tar"}).json_stream()
 
     def import_image(self, data: IO[bytes] | Iterable[bytes], repository: str, tag: str,

@@ -24,6 +24,7 @@ from imagekit.engine.dockerconfig import (
     config_dir,
     encode_auth_header,
     endpoint,
+    proxy_env,
     registry_auth,
 )
 
@@ -337,3 +338,42 @@ def test_import_is_cheap():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'requests', 'urllib3')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- proxies the Docker config gives containers and builds ------------------------------
+
+def test_proxies_for_an_engine_its_own_entry_else_default(cfg: Path):
+    (cfg / "config.json").write_text(json.dumps({"proxies": {
+        "default": {"httpProxy": "http://proxy:3128", "noProxy": "localhost,127.0.0.1"},
+        "tcp://build-box:2376": {"httpsProxy": "http://other:8080"}}}))
+    assert proxy_env("unix:///var/run/docker.sock") == {
+        "HTTP_PROXY": "http://proxy:3128", "http_proxy": "http://proxy:3128",
+        "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1"}
+    assert proxy_env("tcp://build-box:2376") == {"HTTPS_PROXY": "http://other:8080",
+                                                 "https_proxy": "http://other:8080"}
+
+
+@pytest.mark.parametrize("text", ["", "{}", '{"proxies": []}', '{"proxies": {"default": 3}}',
+                                  "not json"])
+def test_no_usable_proxies_is_none(cfg: Path, text: str):
+    if text:
+        (cfg / "config.json").write_text(text)
+    assert proxy_env("unix:///var/run/docker.sock") == {}
+
+
+def test_containers_and_classic_builds_get_the_proxies_and_the_caller_wins(cfg: Path):
+    from fakes import FakeDockerAPI
+
+    from imagekit.engine import Engine
+    (cfg / "config.json").write_text(json.dumps({"proxies": {"default": {
+        "httpProxy": "http://proxy:3128", "noProxy": "127.0.0.1"}}}))
+    api = FakeDockerAPI(build=[{"aux": {"ID": "sha256:" + "ab" * 32}}])
+    eng = Engine(api, "unix:///fake.sock")
+    with eng.container("x:v1", ["true"], name="c1", env={"NO_PROXY": "*"}):
+        pass
+    (_, _, config), = [c for c in api.calls if c[0] == "create"]
+    assert {"HTTP_PROXY=http://proxy:3128", "http_proxy=http://proxy:3128", "NO_PROXY=*",
+            "no_proxy=127.0.0.1"} <= set(config["Env"])
+    list(eng.build(None, "x:v1"))
+    (_, kw), = [c for c in api.calls if c[0] == "build"]
+    assert kw["buildargs"]["HTTP_PROXY"] == "http://proxy:3128"

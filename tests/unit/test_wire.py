@@ -217,3 +217,82 @@ def test_an_export_is_read_in_whole_blocks(serve):
     assert server.requests[0][1] == "/v1.24/images/get?names=x%3Av1&names=y%3Av1"
     assert b"".join(api.export(["x:v1"]).blocks()) == data
     assert server.connections == 1          # read to its end: the connection was kept
+
+
+# -- a tcp:// engine with TLS (DOCKER_TLS_VERIFY, DOCKER_CERT_PATH): mutual TLS, as dockerd's --tlsverify
+
+def _self_signed(folder: Path, name: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key: (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def tls_engine(tmp_path):
+    """An HTTPS server on 127.0.0.1 that wants a client certificate signed as
+    `client` (dockerd --tlsverify), answering /info."""
+    import ssl
+    server_cert, server_key = _self_signed(tmp_path, "server")
+    client_cert, client_key = _self_signed(tmp_path, "client")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_cert)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(server_cert, server_key)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError, ssl.SSLError), \
+                    ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                tls.sendall(http(200, b'{"ServerVersion": "26.1.5"}'))
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"tcp://127.0.0.1:{sock.getsockname()[1]}", server_cert, client_cert, client_key
+    stop.set()
+    sock.close()
+
+
+def test_a_tls_engine_is_reached_with_its_ca_and_a_client_certificate(tls_engine):
+    url, ca, cert, key = tls_engine
+    api = wire.Api.at(url, timeout=5, tls=wire.tls_context(ca, cert, key, verify=True))
+    assert api.info() == {"ServerVersion": "26.1.5"}
+
+
+def test_a_tls_engine_with_another_ca_or_no_client_certificate_is_refused(tls_engine, tmp_path):
+    url, ca, cert, key = tls_engine
+    other, _ = _self_signed(tmp_path, "other")
+    with pytest.raises(wire.ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        wire.Api.at(url, timeout=5, tls=wire.tls_context(other, cert, key, verify=True)).info()
+    with pytest.raises(wire.TransportError):
+        wire.Api.at(url, timeout=5, tls=wire.tls_context(ca, None, None, verify=True)).info()
+    # without verification (DOCKER_TLS_VERIFY unset, DOCKER_CERT_PATH set) the CA does not matter
+    api = wire.Api.at(url, timeout=5, tls=wire.tls_context(other, cert, key, verify=False))
+    assert api.info() == {"ServerVersion": "26.1.5"}
