@@ -17,13 +17,13 @@ from collections.abc import Iterator
 
 from . import fetch, lock, records
 from .config import Project
-from .context import context_tar
+from .context import context_tar, display_path
 from .engine import BuildCached, BuildDone, Builder, BuildOutput, BuildStep, ClassicBuilder, EngineAPI
 from .errors import BuildError, EngineStreamError, Interrupted
 from .events import Built, Cached, Event, Info, Log, Step, Warn
 from .reference import parse_reference
 from .render import render, source_date_epoch, step_label
-from .spec import Plan, display_path
+from .spec import Plan
 
 TAIL_LINES = 15
 

@@ -32,8 +32,15 @@ class Entry:
     target: str = ""  # for a link: its target, relative to the link's folder
 
 
+def display_path(path: Path) -> str:
+    """PATH as messages show it: relative to the working folder where it is under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError, RuntimeError):
+        return str(path)
+
+
 def _shown(path: Path | str) -> str:
-    from .spec import display_path
     return printable(display_path(Path(path)))
 
 

@@ -41,9 +41,10 @@ from packaging.version import InvalidVersion, Version
 
 from . import matrix
 from .config import Project
+from .context import display_path
 from .errors import FetchError, Interrupted
 from .events import Event, FetchResult, Info, Log, Progress, Warn
-from .spec import Plan, display_path
+from .spec import Plan
 
 META = ".imagekit"            # inside the wheelhouse: lock, stamps, private download folders
 STAMP_FORMAT = 1

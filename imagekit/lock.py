@@ -41,9 +41,10 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from . import fetch, matrix
 from .archive import write_atomically
 from .config import Project
+from .context import display_path
 from .errors import LockError
 from .events import Event, Info, LockResult
-from .spec import Plan, display_path
+from .spec import Plan
 
 LOCK_FILE = "requirements.lock"
 FORMAT = 1

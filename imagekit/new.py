@@ -9,8 +9,9 @@ import jinja2
 
 from . import matrix
 from .config import Project
+from .context import display_path
 from .errors import SpecError
-from .spec import NAME_RE, display_path, load_spec, resolve
+from .spec import NAME_RE, load_spec, resolve
 
 CHECKPOINT = {"pytorch": "checkpoint.pt", "tensorflow": "checkpoint", "mxnet": "model.params"}
 

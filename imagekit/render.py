@@ -15,10 +15,11 @@ import jinja2
 
 from . import __version__, matrix
 from .config import Project
+from .context import display_path
 from .errors import SpecError
 from .fetch import wheels_context
 from .lock import Lock, marker_env, source_date_epoch, step_requirements
-from .spec import PLATFORM_MOUNTS, Plan, display_path
+from .spec import PLATFORM_MOUNTS, Plan
 
 WHEELHOUSE_HOST = "127.0.0.1"
 WHEELS_MOUNT = "/wheels"          # where a BuildKit install step sees its wheels-STEP context

@@ -31,6 +31,7 @@ from pydantic import (
 
 from . import matrix
 from . import reference as ref
+from .context import display_path, scan
 from .errors import CompatError, SpecError
 
 SPEC_FILE = "image.yaml"
@@ -424,13 +425,6 @@ class Spec:
         return f"{self.name}:{tag or self.model.tags[0]}"
 
 
-def display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError, RuntimeError):
-        return str(path)
-
-
 def _field_names(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
@@ -612,7 +606,6 @@ def load_spec(path: Path) -> Spec:
 
 
 def _check_code_dir(spec: Spec, where: str) -> None:
-    from .context import scan
     m, code_dir = spec.model, spec.code_dir
     catalog = spec.path.parent.parent
     try:
