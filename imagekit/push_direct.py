@@ -123,7 +123,8 @@ def direct(engine: EngineAPI, name: str, image_id: str, diff_ids: list[str],
                         attempt <= (min(retries, registry.SLOW_RETRIES) if err.slow else retries):
                     pending.append(d)      # unanswered: once more at most (each costs a limit)
                 else:
-                    if isinstance(err, registry.TransientPushError) and d in checked:
+                    if isinstance(err, registry.TransientPushError) and d in checked and \
+                            attempt == 1:       # the check's own tries were the only ones
                         err = PushError(f"{d.ref}: push failed: {err.message}")
                     elif isinstance(err, registry.TransientPushError):
                         err = PushError(f"{d.ref}: push failed after {attempts(attempt)}: {err.message}")
