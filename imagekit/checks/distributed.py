@@ -42,6 +42,7 @@ KEYS = (
     " weights rendezvous_seconds seconds ok stage reason"
 ).split()
 DEFAULT_PORTS = {"pytorch": "29500", "tensorflow": "2222"}
+LINGER_SECONDS = 1.0    # a TensorFlow rank stays up this long after the last all-reduce
 
 
 class Failed(Exception):
@@ -297,6 +298,9 @@ def tensorflow(args, report, watch):
         return tf.distribute.get_replica_context().all_reduce(sum_, tf.constant(1.0))
 
     strategy.run(last)
+    # TensorFlow's ring all-reduce pulls each share from the rank that holds it: a rank
+    # whose own result is complete may still be asked for its share, so none leaves at once
+    time.sleep(LINGER_SECONDS)
     watch.cancel()
 
 
