@@ -75,7 +75,7 @@ SSH_CONNECT_TIMEOUT = 15    # for ssh:// engines: ssh connects, logs in and star
                             # dial-stdio first (ssh itself gives up connecting after
                             # ssh.CONNECT_TIMEOUT, 10 s, and says why)
 PROBE_BYTES = 64 * 1024     # of an answer to `check`'s requests, at most, are read
-MINIMUM_API = "1.24"        # Engine 1.12
+MINIMUM_API = wire.PROBE_VERSION     # Engine 1.12
 
 
 def check(api: wire.Api, where: str, limit: float = CONNECT_TIMEOUT) -> dict:
@@ -424,7 +424,10 @@ class Engine:
     def import_image(self, stream: IO[bytes], repository: str, tag: str,
                      changes: list[str]) -> None:
         try:
-            self.api.import_image(stream, repository, tag, changes)
+            for item in self.api.import_image(stream, repository, tag, changes):
+                if isinstance(item, dict) and ("errorDetail" in item or "error" in item):
+                    raise EngineError(f"import of {repository}:{tag} failed: "
+                                      f"{_stream_error(item)}")
         except (ApiError, TransportError) as e:
             raise EngineError(f"import of {repository}:{tag} failed: {_explain(e)}") from e
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import EngineError, EngineStreamError
+from .dockerconfig import config_dir
 from .types import (
     BUILDKIT,
     BUILDKIT_SINCE,
@@ -51,8 +52,7 @@ def find_buildx(timeout: float = 10.0) -> Buildx:
     """Run `docker buildx version` (with a time limit) and look for the plugin
     file where the CLI looks: $DOCKER_CONFIG/cli-plugins (~/.docker/cli-plugins),
     then the system folders. A plugin the CLI cannot run is asked directly."""
-    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
-    found = next((str(f) for d in (config / "cli-plugins", *map(Path, CLI_PLUGIN_DIRS))
+    found = next((str(f) for d in (config_dir() / "cli-plugins", *map(Path, CLI_PLUGIN_DIRS))
                   if (f := d / "docker-buildx").is_file() and os.access(f, os.X_OK)), "")
     cli = shutil.which("docker")
 

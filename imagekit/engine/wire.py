@@ -403,14 +403,12 @@ class Api:
             headers={"Content-Type": "application/x-tar"}).json_stream()
 
     def import_image(self, data: IO[bytes] | Iterable[bytes], repository: str, tag: str,
-                     changes: list[str]) -> None:
-        """POST /images/create?fromSrc=-: a root file system tar as an image."""
-        for item in self.request("POST", self.url("/images/create"), body=data,
-                                 params={"fromSrc": "-", "repo": repository, "tag": tag,
-                                         "changes": changes},
-                                 headers={"Content-Type": "application/x-tar"}).json_stream():
-            if isinstance(item, dict) and ("errorDetail" in item or "error" in item):
-                raise ApiError(500, str(item.get("error") or item.get("errorDetail")))
+                     changes: list[str]) -> Iterator[Any]:
+        """POST /images/create?fromSrc=-: a root file system tar as an image; its stream."""
+        return self.request("POST", self.url("/images/create"), body=data,
+                            params={"fromSrc": "-", "repo": repository, "tag": tag,
+                                    "changes": changes},
+                            headers={"Content-Type": "application/x-tar"}).json_stream()
 
     def export(self, refs: list[str]) -> Response:
         """GET /images/get: the engine's export of REFS, a tar, being read."""
@@ -460,8 +458,7 @@ class Api:
 
     def logs(self, cid: str, follow: bool = True) -> Iterator[bytes]:
         return self.request("GET", self.url("/containers/{}/logs", cid),
-                            params={"stdout": True, "stderr": True, "follow": follow},
-                            timeout=None if follow else self.timeout).frames()
+                            params={"stdout": True, "stderr": True, "follow": follow}).frames()
 
     def wait(self, cid: str, timeout: float) -> dict:
         return self.request("POST", self.url("/containers/{}/wait", cid),
@@ -526,7 +523,10 @@ def _api_error(answer: Response) -> ApiError:
     status = answer.status
     try:
         body = answer.read(ERROR_BYTES)
-        answer.close() if len(body) < ERROR_BYTES else answer._drop()
+        if len(body) < ERROR_BYTES:
+            answer.close()          # read to its end: the connection is kept
+        else:
+            answer._drop()
     except TransportError:
         body = b""
     text = body.decode("utf-8", errors="replace").strip()
